@@ -1,0 +1,218 @@
+"""Cluster drivers: what creates and removes clusters. RKE1 today; RKE2 or hosted ones later."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cluster_mgmt.redact import redact
+
+LineSink = Callable[[str, str], None]
+"""Receives each output line as (level, message); level is logrus' (info, warning, ...)."""
+
+_LOGRUS = re.compile(r'level=(\w+) msg="((?:[^"\\]|\\.)*)"')
+_LOGRUS_BARE = re.compile(r"level=(\w+) msg=(\S+)")
+_ADDON_FAILURE = "Failed to deploy addon execute job"
+KILL_GRACE_SECONDS = 10.0
+
+
+class DriverError(Exception):
+    """The driver cannot run at all (binary missing, not executable); nothing was started."""
+
+
+@dataclass
+class RunResult:
+    """What one driver command did; secret-free."""
+
+    command: list[str]
+    exit_code: int | None
+    duration_seconds: float
+    timed_out: bool = False
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    last_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+class ClusterDriver(Protocol):
+    """Operations on one cluster whose configuration and state live in `workdir`."""
+
+    def up(self, workdir: Path, on_line: LineSink) -> RunResult: ...
+
+    def remove(self, workdir: Path, on_line: LineSink) -> RunResult: ...
+
+    def snapshot(self, workdir: Path, name: str, on_line: LineSink) -> RunResult: ...
+
+    def restore(self, workdir: Path, name: str, on_line: LineSink) -> RunResult: ...
+
+    def rotate_certificates(
+        self, workdir: Path, on_line: LineSink, *, services: list[str], rotate_ca: bool = False
+    ) -> RunResult: ...
+
+    def get_state(self, workdir: Path, on_line: LineSink) -> RunResult: ...
+
+
+def parse_line(line: str) -> tuple[str, str]:
+    """(level, message) of one logrus line; unparsed lines are `info`."""
+    match = _LOGRUS.search(line)
+    if match:
+        return match.group(1), _unquote(match.group(2))
+    match = _LOGRUS_BARE.search(line)
+    if match:
+        return match.group(1), match.group(2)
+    return "info", line
+
+
+def _unquote(text: str) -> str:
+    """Undo Go's %q escaping of a logrus message."""
+    escapes = {"n": "\n", "t": "\t", "r": "\r"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), text)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: SIGKILL it if the process that started it dies (Linux prctl).
+
+    RKE runs in its own session so a timeout can kill its whole group; without this a
+    killed worker would leave RKE writing into a staging directory nobody owns.
+    """
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class RkeDriver:
+    """RKE1's `rke` CLI, run as a subprocess (reference/rke.md)."""
+
+    binary: str = "rke"
+    timeout_seconds: float = 3600.0
+    ignore_docker_version: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    def executable(self) -> str:
+        """Absolute path of the configured binary, or a DriverError that says how to fix it."""
+        path = shutil.which(self.binary)
+        if path is None:
+            raise DriverError(
+                f"rke binary {self.binary!r} not found or not executable; install RKE v1.6.x "
+                "or set rke-settings.binary to its absolute path"
+            )
+        return path
+
+    def _common(self) -> list[str]:
+        return ["--ignore-docker-version"] if self.ignore_docker_version else []
+
+    def up(self, workdir: Path, on_line: LineSink) -> RunResult:
+        return self.run(
+            ["up", "--config", str(workdir / "cluster.yml"), *self._common()], workdir, on_line
+        )
+
+    def remove(self, workdir: Path, on_line: LineSink) -> RunResult:
+        args = ["remove", "--force", "--config", str(workdir / "cluster.yml"), *self._common()]
+        return self.run(args, workdir, on_line)
+
+    def snapshot(self, workdir: Path, name: str, on_line: LineSink) -> RunResult:
+        args = ["etcd", "snapshot-save", "--config", str(workdir / "cluster.yml"), "--name", name]
+        return self.run([*args, *self._common()], workdir, on_line)
+
+    def restore(self, workdir: Path, name: str, on_line: LineSink) -> RunResult:
+        args = [
+            "etcd",
+            "snapshot-restore",
+            "--config",
+            str(workdir / "cluster.yml"),
+            "--name",
+            name,
+        ]
+        return self.run([*args, *self._common()], workdir, on_line)
+
+    def rotate_certificates(
+        self, workdir: Path, on_line: LineSink, *, services: list[str], rotate_ca: bool = False
+    ) -> RunResult:
+        args = ["cert", "rotate", "--config", str(workdir / "cluster.yml")]
+        args += [a for s in services for a in ("--service", s)]
+        args += ["--rotate-ca"] if rotate_ca else []
+        return self.run([*args, *self._common()], workdir, on_line)
+
+    def get_state(self, workdir: Path, on_line: LineSink) -> RunResult:
+        args = ["util", "get-state-file", "--config", str(workdir / "cluster.yml")]
+        return self.run([*args, *self._common()], workdir, on_line)
+
+    def run(self, args: list[str], cwd: Path, on_line: LineSink) -> RunResult:
+        """Run `rke <args>` in `cwd`, streaming redacted lines to `on_line`, with a hard timeout.
+
+        Success is exit code 0 (never `-q`: it hides the fatal message). On timeout, or when
+        the caller is interrupted, the whole process group is killed.
+        """
+        command = [self.executable(), *args]
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid + PDEATHSIG, see docstring
+        )
+        result = RunResult(
+            command=[Path(command[0]).name, *args], exit_code=None, duration_seconds=0
+        )
+        reader = threading.Thread(target=self._pump, args=(process, result, on_line), daemon=True)
+        reader.start()
+        try:
+            result.exit_code = process.wait(timeout=self.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            result.timed_out = True
+            result.error = f"rke {args[0]} did not finish within {self.timeout_seconds:g} s; killed"
+            _kill_group(process)
+            result.exit_code = process.returncode
+        except BaseException:
+            _kill_group(process)
+            raise
+        finally:
+            reader.join(timeout=5)
+            result.duration_seconds = time.monotonic() - started
+        if result.exit_code != 0 and result.error is None:
+            result.error = result.last_message or f"rke {args[0]} exited with {result.exit_code}"
+        return result
+
+    @staticmethod
+    def _pump(process: subprocess.Popen, result: RunResult, on_line: LineSink) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = redact(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            if not line.strip():
+                continue
+            level, message = parse_line(line)
+            if level == "warning" and _ADDON_FAILURE in message:
+                result.warnings.append(message)
+            if level in ("error", "fatal"):
+                result.error = message
+            result.last_message = message
+            on_line(level, message)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGTERM the whole process group, SIGKILL whatever is left after a grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=KILL_GRACE_SECONDS)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
