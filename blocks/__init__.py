@@ -1,0 +1,7 @@
+"""Prefect blocks: every credential and setting an operator configures."""
+
+from blocks.rke import RkeSettings
+from blocks.ssh import NodeSshAccess
+from blocks.state_volume import ClusterStateVolume
+
+__all__ = ["ClusterStateVolume", "NodeSshAccess", "RkeSettings"]

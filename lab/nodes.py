@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 SSHD = "/usr/sbin/sshd"
 DEFAULT_DOCKER_VERSION = "26.1.4"
@@ -234,7 +235,7 @@ class LabNodes:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> LabNodes:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:

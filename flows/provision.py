@@ -1,0 +1,104 @@
+"""Flow provision-cluster: preflight → render → rke up → persist → READY."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
+from blocks.loading import load_block
+from cluster_mgmt.preflight import load_private_key
+from cluster_mgmt.redact import register_secret
+from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_cluster_config
+from cluster_mgmt.spec import ClusterSpec
+from flows.operation import cluster_operation, current_run_id, summary
+from tasks.preflight import check_nodes, node_targets
+from tasks.reporting import emit_cluster_event, update_cluster_artifact
+from tasks.rke import run_rke
+
+
+class ProvisionError(RuntimeError):
+    """Provisioning stopped; the message says why and what to do."""
+
+
+@flow(name="provision-cluster", validate_parameters=True)
+def provision_cluster(
+    spec: ClusterSpec,
+    ssh_access: str = "default",
+    state_volume: str = "default",
+    rke_settings: str = "default",
+) -> dict[str, str]:
+    """Create an RKE cluster on the spec's nodes and keep its state on the state volume.
+
+    Args:
+        spec: The cluster to create.
+        ssh_access: Name of the `node-ssh-access` block.
+        state_volume: Name of the `cluster-state-volume` block.
+        rke_settings: Name of the `rke-settings` block.
+    """
+    logger = get_run_logger()
+    settings = load_block(RkeSettings, rke_settings)
+    access = load_block(NodeSshAccess, ssh_access)
+    volume = load_block(ClusterStateVolume, state_volume).volume()
+    private_key = access.private_key.get_secret_value()
+    register_secret(private_key)
+    load_private_key(private_key)  # a key that does not parse fails before any side effect
+    spec = spec.with_version(
+        settings.supported_kubernetes_versions, settings.default_kubernetes_version
+    )
+    driver = settings.driver()
+    driver.executable()
+    volume.check_usable()
+    config = render_cluster_config(spec, ssh_user=access.user)
+    spec_hash = spec.spec_hash()
+    run_id = current_run_id()
+
+    with cluster_operation(volume, spec.environment, spec.name, "provision") as cluster:
+        status = cluster.read_status()
+        if status and status.rke_state_written and status.spec_hash != spec_hash:
+            stored = cluster.read_text("cluster.yml") or ""
+            changed = ", ".join(config_changes(stored, config)) or "settings outside cluster.yml"
+            raise ProvisionError(
+                f"cluster {spec.environment}/{spec.name} exists with a different spec (changed: "
+                f"{changed}); provision again with the original spec, or use update-cluster"
+            )
+        cluster.ensure_state_intact()
+        if status and status.phase == "READY" and status.spec_hash == spec_hash:
+            logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)
+            return summary(cluster)
+        cluster.write_status("PROVISIONING", "provision", run_id, "checking nodes", spec_hash)
+        update_cluster_artifact(cluster)
+
+        report = check_nodes(
+            node_targets(spec, access.user),
+            access,
+            cluster.read_text("known_hosts") or "",
+            spec.kubernetes_version,
+            settings.ignore_docker_version,
+        )
+        if report.accepted_host_keys:
+            known = cluster.read_text("known_hosts") or ""
+            cluster.write_text(
+                "known_hosts", known + "".join(f"{k}\n" for k in report.accepted_host_keys)
+            )
+        if not report.ok:
+            update_cluster_artifact(cluster, nodes=report.rows())
+            reasons = "; ".join(f"{n.address}: {n.error}" for n in report.failures)
+            raise ProvisionError(f"preflight failed, no node was changed: {reasons}")
+
+        cluster.write_status("PROVISIONING", "provision", run_id, "running rke up", spec_hash)
+        outcome = run_rke(cluster, "up", dump_cluster_config(config), private_key, driver)
+        if not outcome.result.ok:
+            update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
+            raise ProvisionError(
+                f"{outcome.summary}; fix the cause and run provision again: it resumes"
+            )
+
+        cluster.write_status("READY", "provision", run_id, outcome.summary, spec_hash)
+        update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
+        emit_cluster_event(
+            cluster,
+            "cluster.provisioned",
+            {"kubernetes_version": spec.kubernetes_version, "nodes": len(spec.nodes or [])},
+        )
+        logger.info("Cluster %s is READY", spec.cluster_name)
+        return summary(cluster)

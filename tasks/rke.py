@@ -1,0 +1,77 @@
+"""Tasks: RKE commands run in a staging copy of the cluster's state, promoted afterwards."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cluster_mgmt.driver import ClusterDriver, RunResult
+from cluster_mgmt.keyfile import private_key_file
+from cluster_mgmt.rke_config import with_key_path
+from cluster_mgmt.state import ClusterState
+
+LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.ERROR,
+    "panic": logging.CRITICAL,
+}
+
+
+@dataclass
+class RkeOutcome:
+    """A secret-free account of one RKE command and what it left on the volume."""
+
+    result: RunResult
+    promoted: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        if self.result.ok:
+            text = f"rke {self.result.command[1]} succeeded in {self.result.duration_seconds:.1f} s"
+        else:
+            text = f"rke {self.result.command[1]} failed: {self.result.error}"
+        if self.result.warnings:
+            text += "; warnings: " + "; ".join(self.result.warnings)
+        if self.rejected:
+            text += (
+                f"; unreadable output kept in history, previous kept: {', '.join(self.rejected)}"
+            )
+        return text
+
+
+@task(name="rke", cache_policy=NO_CACHE)
+def run_rke(
+    cluster: ClusterState, operation: str, config_text: str, private_key: str, driver: ClusterDriver
+) -> RkeOutcome:
+    """Run one RKE command on the cluster, in a staging copy promoted atomically afterwards.
+
+    Args:
+        cluster: The cluster's state on the volume (its lock must be held).
+        operation: `up` or `remove`.
+        config_text: cluster.yml to run (its key path is replaced by this run's key file).
+        private_key: The nodes' SSH key, written to a 0600 file outside the volume meanwhile.
+        driver: The cluster driver.
+
+    Returns:
+        The command's result and which files were promoted or rejected.
+    """
+    logger = get_run_logger()
+
+    def log_line(level: str, message: str) -> None:
+        logger.log(LEVELS.get(level, logging.INFO), "rke: %s", message)
+
+    with private_key_file(private_key) as key_path, cluster.staging(operation) as stage:
+        (stage / "cluster.yml").write_text(with_key_path(config_text, key_path))
+        (stage / "cluster.yml").chmod(0o600)
+        run = {"up": driver.up, "remove": driver.remove}[operation]
+        result = run(stage, log_line)
+    promotion = cluster.last_promotion
+    return RkeOutcome(result, list(promotion.promoted), list(promotion.rejected))

@@ -1,0 +1,320 @@
+"""provision-cluster and teardown-cluster through a real Prefect server, real sshd nodes, lab rke."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from pydantic import SecretStr
+
+from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
+from cluster_mgmt.spec import ClusterSpec, NodeSpec
+from cluster_mgmt.state import StateVolume
+from flows.provision import provision_cluster
+from flows.teardown import teardown_cluster
+
+LAB_FIRST_ADDRESS = 20
+RKE_FILES = ("cluster.yml", "cluster.rkestate", "kube_config_cluster.yml")
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+class Env:
+    """Blocks, state volume and a fresh cluster identity for one test."""
+
+    def __init__(self, tmp_path: Path, lab, rke: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lab = lab
+        self.tag = uuid.uuid4().hex[:8]
+        self.root = tmp_path / "state"
+        self.blocks = {
+            "ssh_access": f"ssh-{self.tag}",
+            "state_volume": f"vol-{self.tag}",
+            "rke_settings": f"rke-{self.tag}",
+        }
+        ClusterStateVolume(root=str(self.root)).save(self.blocks["state_volume"])
+        self.save_ssh(known_hosts=lab.known_hosts())
+        RkeSettings(binary=rke).save(self.blocks["rke_settings"])
+        self.faults = tmp_path / "faults.json"
+        monkeypatch.setenv("LAB_RKE_FAULTS", str(self.faults))
+        self.name = f"c{self.tag}"
+
+    def save_ssh(self, **fields) -> None:
+        NodeSshAccess(
+            user=self.lab.user, private_key=SecretStr(self.lab.client_private_key), **fields
+        ).save(self.blocks["ssh_access"], overwrite=True)
+
+    def fault(self, **faults) -> None:
+        self.faults.write_text(json.dumps(faults))
+
+    def spec(self, count: int = 3) -> ClusterSpec:
+        roles = (
+            [["controlplane", "etcd", "worker"]]
+            if count == 1
+            else [["controlplane", "etcd"]] + [["worker"]] * (count - 1)
+        )
+        nodes = [
+            NodeSpec(address=n.address, port=n.port, roles=r)
+            for n, r in zip(self.lab.nodes, roles, strict=False)
+        ]
+        return ClusterSpec(environment="test", name=self.name, nodes=nodes)
+
+    @property
+    def cluster(self):
+        return StateVolume(self.root).cluster("test", self.name)
+
+    def provision(self, spec: ClusterSpec | None = None):
+        return provision_cluster(spec=spec or self.spec(), **self.blocks, return_state=True)
+
+    def teardown(self):
+        return teardown_cluster(
+            environment="test", name=self.name, **self.blocks, return_state=True
+        )
+
+    def logins(self) -> list[int]:
+        return [n.accepted_logins() for n in self.lab.nodes]
+
+
+@pytest.fixture
+def env(tmp_path, lab_nodes, lab_rke, monkeypatch) -> Env:
+    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch)
+
+
+def _message(state) -> str:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - we want the failure's text
+        return str(exc)
+    return ""
+
+
+def assert_parses(cluster) -> None:
+    for name in RKE_FILES:
+        text = cluster.read_text(name)
+        if text is not None:
+            (json.loads if name.endswith("rkestate") else yaml.safe_load)(text)
+
+
+def test_provision_teardown_and_provision_again(env: Env):
+    state = env.provision()
+    assert state.is_completed(), _message(state)
+    result = state.result()
+    assert result["phase"] == "READY"
+    cluster = env.cluster
+    for name in (*RKE_FILES, "status.json"):
+        assert (cluster.dir / name).stat().st_mode & 0o777 == 0o600
+    assert cluster.dir.stat().st_mode & 0o777 == 0o700
+    first_ca = json.loads(cluster.read_text("cluster.rkestate"))["currentState"][
+        "certificatesBundle"
+    ]["kube-ca"]
+    kubeconfig = yaml.safe_load(cluster.read_text("kube_config_cluster.yml"))
+    assert (
+        kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{env.lab.nodes[0].address}:6443"
+    )
+    assert "BEGIN" not in cluster.read_text("cluster.yml")  # the key is referenced, never inlined
+
+    ups = len(list(cluster.history_dir.glob("*-up")))
+    again = env.provision()
+    assert again.is_completed() and again.result()["phase"] == "READY"
+    assert len(list(cluster.history_dir.glob("*-up"))) == ups  # same spec, READY: rke not run
+    assert (
+        json.loads(cluster.read_text("cluster.rkestate"))["currentState"]["certificatesBundle"][
+            "kube-ca"
+        ]
+        == first_ca
+    )
+
+    down = env.teardown()
+    assert down.is_completed(), _message(down)
+    assert down.result()["phase"] == "DELETED"
+    archived = Path(down.result()["archive"])
+    assert not cluster.dir.exists() and (archived / "cluster.rkestate").exists()
+    assert json.loads((archived / "status.json").read_text())["phase"] == "DELETED"
+
+    reborn = env.provision()
+    assert reborn.is_completed(), _message(reborn)
+    new_ca = json.loads(env.cluster.read_text("cluster.rkestate"))["currentState"][
+        "certificatesBundle"
+    ]["kube-ca"]
+    assert new_ca["certificatePEM"] != first_ca["certificatePEM"]
+
+
+def test_one_node_cluster(env: Env):
+    state = env.provision(env.spec(count=1))
+    assert state.is_completed(), _message(state)
+    config = yaml.safe_load(env.cluster.read_text("cluster.yml"))
+    assert config["nodes"][0]["role"] == ["controlplane", "etcd", "worker"]
+
+
+def test_changed_host_key_fails_before_rke(env: Env):
+    victim = env.lab.nodes[1]
+    victim.rotate_host_key()
+    try:
+        before = env.logins()
+        state = env.provision()
+        assert state.is_failed()
+        message = _message(state)
+        assert "HOST KEY CHANGED" in message and victim.address in message
+        # preflight logged in once to each other node; rke (which logs in again) never ran
+        after = env.logins()
+        assert after[1] == before[1]
+        assert after[0] - before[0] == 1
+        assert env.cluster.read_status().phase == "FAILED"
+        assert env.cluster.read_text("cluster.rkestate") is None
+    finally:
+        env.save_ssh(known_hosts=env.lab.known_hosts())
+
+
+def test_unreachable_node_fails_preflight(env: Env):
+    node = env.lab.nodes[2]
+    node.stop()
+    try:
+        state = env.provision()
+        assert state.is_failed()
+        assert "preflight failed" in _message(state) and node.address in _message(state)
+        assert env.cluster.read_text("cluster.rkestate") is None
+    finally:
+        node.start()
+
+
+def test_rke_failure_midway_then_rerun_converges(env: Env):
+    env.fault(fail_at="worker")
+    state = env.provision()
+    assert state.is_failed()
+    status = env.cluster.read_status()
+    assert status.phase == "FAILED" and status.rke_state_written
+    assert env.cluster.read_text("cluster.rkestate")  # RKE's new state was promoted
+    ca = json.loads(env.cluster.read_text("cluster.rkestate"))["desiredState"][
+        "certificatesBundle"
+    ]["kube-ca"]
+    env.fault()
+    rerun = env.provision()
+    assert rerun.is_completed(), _message(rerun)
+    assert (
+        json.loads(env.cluster.read_text("cluster.rkestate"))["currentState"]["certificatesBundle"][
+            "kube-ca"
+        ]["certificatePEM"]
+        == ca["certificatePEM"]
+    )
+
+
+def test_missing_rkestate_is_refused_before_rke(env: Env):
+    assert env.provision().is_completed()
+    (env.cluster.dir / "cluster.rkestate").unlink()
+    before = env.logins()
+    state = env.provision()
+    assert state.is_failed()
+    message = _message(state)
+    assert "full-cluster-state" in message and "history" in message
+    assert env.logins() == before
+    assert env.cluster.read_text("cluster.rkestate") is None
+
+
+def test_busy_cluster_is_refused_with_the_holder(env: Env):
+    env.cluster.ensure_dir()
+    with env.cluster.lock("teardown", "run-123"):
+        state = env.provision()
+    assert state.is_failed()
+    assert "operation teardown in progress (flow run run-123)" in _message(state)
+
+
+def test_concurrent_provisions_never_interleave(env: Env, tmp_path: Path):
+    env.fault(pause_at="certs", pause_seconds=4)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom cluster_mgmt.spec import ClusterSpec\nfrom flows.provision import provision_cluster\n"
+        f"s = provision_cluster(spec=ClusterSpec.model_validate_json(sys.argv[1]), **{env.blocks!r}, return_state=True)\n"
+        "print(s.type.value, flush=True)\n"
+    )
+    spec = env.spec().model_dump_json()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), spec], stdout=subprocess.PIPE, text=True, env=os.environ
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
+    assert outputs == ["COMPLETED", "COMPLETED"]
+    # one rke up ran; the second run found the cluster READY with the same spec
+    ups = [p for p in env.cluster.history_dir.iterdir() if p.name.endswith("-up")]
+    assert len(ups) == 1
+    assert env.cluster.read_status().phase == "READY"
+
+
+def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
+    assert env.provision().is_completed()
+    # an interrupted run left FAILED: the next provision runs rke up again, slowly
+    env.cluster.write_status("FAILED", "provision", "earlier-run", "interrupted")
+    env.fault(slow_state_write=True)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("state", env.provision()))
+    runner.start()
+    deadline = time.monotonic() + 30
+    killed = False
+    while not killed and time.monotonic() < deadline:
+        for pid in _rke_pids():
+            time.sleep(0.3)  # let it get into the (slow) state write
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+        time.sleep(0.02)
+    runner.join(timeout=60)
+    assert killed
+    assert outcome["state"].is_failed()
+    assert_parses(env.cluster)
+    env.fault()
+    rerun = env.provision()
+    assert rerun.is_completed(), _message(rerun)
+    assert_parses(env.cluster)
+
+
+def _rke_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"lab-rke") for part in cmd[:2]) and b"up" in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_no_secret_in_logs_results_or_artifacts(env: Env):
+    state = env.provision()
+    assert state.is_completed(), _message(state)
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+    key_body = "".join(env.lab.client_private_key.strip().splitlines()[1:-1])
+    chunks = [key_body[i : i + 20] for i in range(0, len(key_body) - 20, 20)]
+    with get_client(sync_client=True) as client:
+        run_id = state.state_details.flow_run_id
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"cluster-test-{env.name}"]))
+        )
+        flow_run = client.read_flow_run(run_id)
+    assert logs and artifacts
+    text = "\n".join(log.message for log in logs) + json.dumps(state.result())
+    text += "".join(str(a.data) for a in artifacts) + json.dumps(flow_run.parameters)
+    assert any("rke:" in log.message for log in logs)
+    for chunk in chunks:
+        assert chunk not in text
+    assert "PRIVATE KEY" not in text
