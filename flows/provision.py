@@ -6,21 +6,26 @@ from prefect import flow, get_run_logger
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
-from cluster_mgmt.preflight import load_private_key
+from cluster_mgmt.preflight import NodeTarget, load_private_key
 from cluster_mgmt.redact import register_secret
 from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
 from flows.operation import cluster_operation, current_run_id, summary
-from tasks.preflight import check_nodes, node_targets
+from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
+
+
+def node_targets(spec: ClusterSpec, default_user: str) -> list[NodeTarget]:
+    """Where and as whom to log in to each node of `spec`."""
+    return [NodeTarget(n.address, n.port, n.user or default_user) for n in spec.nodes or []]
 
 
 class ProvisionError(RuntimeError):
     """Provisioning stopped; the message says why and what to do."""
 
 
-@flow(name="provision-cluster", validate_parameters=True)
+@flow(name="provision-cluster")
 def provision_cluster(
     spec: ClusterSpec,
     ssh_access: str = "default",
@@ -68,13 +73,16 @@ def provision_cluster(
         cluster.write_status("PROVISIONING", "provision", run_id, "checking nodes", spec_hash)
         update_cluster_artifact(cluster)
 
-        report = check_nodes(
-            node_targets(spec, access.user),
-            access,
-            cluster.read_text("known_hosts") or "",
-            spec.kubernetes_version,
-            settings.ignore_docker_version,
-        )
+        try:
+            report = check_nodes(
+                node_targets(spec, access.user),
+                access,
+                cluster.read_text("known_hosts") or "",
+                spec.kubernetes_version,
+                settings.ignore_docker_version,
+            )
+        except NodesUnreachableError as exc:
+            report = exc.report
         if report.accepted_host_keys:
             known = cluster.read_text("known_hosts") or ""
             cluster.write_text(

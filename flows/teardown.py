@@ -27,7 +27,7 @@ def _targets(config: dict, default_user: str) -> list[NodeTarget]:
     ]
 
 
-@flow(name="teardown-cluster", validate_parameters=True)
+@flow(name="teardown-cluster")
 def teardown_cluster(
     environment: Environment,
     name: ClusterName,
@@ -74,7 +74,8 @@ def teardown_cluster(
             access,
             cluster.read_text("known_hosts") or "",
             config.get("kubernetes_version", ""),
-            True,
+            ignore_docker_version=True,
+            retry_unreachable=False,
         )
         refused = [n for n in report.failures if n.reachable]
         if refused:

@@ -7,21 +7,42 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.ssh import NodeSshAccess
 from cluster_mgmt.preflight import NodeTarget, PreflightReport, preflight
-from cluster_mgmt.spec import ClusterSpec
 
 
-def node_targets(spec: ClusterSpec, default_user: str) -> list[NodeTarget]:
-    """Where and as whom to log in to each node of `spec`."""
-    return [NodeTarget(n.address, n.port, n.user or default_user) for n in spec.nodes or []]
+class NodesUnreachableError(RuntimeError):
+    """Some nodes could not be reached (and nothing worse happened): worth another try."""
+
+    def __init__(self, report: PreflightReport) -> None:
+        self.report = report
+        names = ", ".join(f"{n.address}: {n.error}" for n in report.failures)
+        super().__init__(f"unreachable: {names}")
 
 
-@task(name="ssh-preflight", cache_policy=NO_CACHE)
+def _only_unreachable(task, task_run, state) -> bool:
+    """Retry when every failure was a node out of reach; a bad key or host key is final."""
+    try:
+        state.result()
+    except NodesUnreachableError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+@task(
+    name="ssh-preflight",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=_only_unreachable,
+)
 def check_nodes(
     targets: list[NodeTarget],
     access: NodeSshAccess,
     recorded_known_hosts: str,
     kubernetes_version: str,
     ignore_docker_version: bool,
+    retry_unreachable: bool = True,
 ) -> PreflightReport:
     """Check every node concurrently: reachable, host key trusted, login, Docker version.
 
@@ -31,11 +52,13 @@ def check_nodes(
         recorded_known_hosts: Host keys already recorded for this cluster.
         kubernetes_version: The cluster's version, which decides the Docker versions allowed.
         ignore_docker_version: Skip the Docker version check, as RKE's flag does.
+        retry_unreachable: Raise `NodesUnreachableError` (retried once) when the only failures
+            are unreachable nodes, instead of returning the report.
 
     Returns:
         A per-node report; the caller stops if any node failed.
     """
-    return preflight(
+    report = preflight(
         targets,
         private_key=access.private_key.get_secret_value(),
         known_hosts=access.known_hosts,
@@ -45,3 +68,6 @@ def check_nodes(
         ignore_docker_version=ignore_docker_version,
         connect_timeout=access.connect_timeout_seconds,
     )
+    if retry_unreachable and report.failures and not any(n.reachable for n in report.failures):
+        raise NodesUnreachableError(report)
+    return report
