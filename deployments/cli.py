@@ -1,21 +1,219 @@
-"""`cluster-mgmt`: the operator's command line."""
+"""`cluster-mgmt`: the operator's command line, speaking to the Prefect API.
+
+Exit codes: 0 done, 1 the flow run failed, 2 bad input, 3 Prefect API unreachable or token
+refused, 4 unknown cluster or deployment.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
 app = typer.Typer(
-    help="Cluster Management Service: RKE clusters provisioned, watched and torn down by Prefect.",
+    help=(
+        "Cluster Management Service: RKE clusters provisioned, configured, watched and torn "
+        "down by Prefect flows. Talks to the Prefect API named by PREFECT_API_URL with the "
+        "shared token in PREFECT_API_AUTH_STRING.\n\nExit codes: 0 done, 1 the flow run "
+        "failed, 2 bad input, 3 API unreachable or token refused, 4 unknown cluster or "
+        "deployment."
+    ),
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Follow the run to its end; exit 1 if it fails.")
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn ServiceErrors into one line on stderr and their exit code."""
+    from deployments.client import ServiceError
+
+    try:
+        yield
+    except ServiceError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+
+
+def _start(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
+    from deployments.client import FAILED, follow, run_result, run_url, trigger
+
+    with _errors():
+        run = trigger(deployment, parameters)
+        typer.echo(f"flow run {run.id} ({run.name}) started: {run_url(run.id)}")
+        if not wait:
+            return
+        started = time.monotonic()
+
+        def show(current) -> None:
+            elapsed = time.monotonic() - started
+            typer.echo(f"[{elapsed:6.1f}s] {current.state.name}", err=True)
+
+        final = follow(run.id, show)
+    result = run_result(final)
+    typer.echo(json.dumps(result, default=str) if isinstance(result, dict) else str(result))
+    if not final.state.is_completed():
+        raise typer.Exit(FAILED)
+
+
+@app.command()
+def create(
+    spec: Annotated[Path, typer.Option(help="ClusterSpec file (YAML or JSON).", exists=True)],
+    wait: Wait = False,
+) -> None:
+    """Provision a cluster: start provision-cluster/default and return its flow run at once."""
+    from pydantic import ValidationError
+
+    from cluster_mgmt.spec import ClusterSpec
+    from deployments.client import USAGE
+
+    try:
+        request = ClusterSpec.model_validate(yaml.safe_load(spec.read_text()))
+    except yaml.YAMLError as exc:
+        raise _fail(f"{spec} does not parse as YAML/JSON: {exc}", USAGE) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"{spec}: {problems}", USAGE) from None
+    _start("provision-cluster/default", {"spec": request.model_dump(mode="json")}, wait)
+
+
+@app.command()
+def delete(environment: str, name: str, wait: Wait = False) -> None:
+    """Tear a cluster down: start teardown-cluster/default and return its flow run at once."""
+    from deployments.client import NOT_FOUND, cluster_artifacts
+
+    with _errors():
+        if not cluster_artifacts(environment, name):
+            raise _fail(
+                f"unknown cluster {environment}/{name}; `cluster-mgmt list` shows them", NOT_FOUND
+            )
+    _start("teardown-cluster/default", {"environment": environment, "name": name}, wait)
+
+
+@app.command()
+def status(environment: str, name: str) -> None:
+    """Show a cluster's status (its `cluster-<env>-<name>` artifact)."""
+    from deployments.client import NOT_FOUND, cluster_artifacts
+
+    with _errors():
+        found = cluster_artifacts(environment, name)
+    if not found:
+        raise _fail(
+            f"unknown cluster {environment}/{name}; `cluster-mgmt list` shows them", NOT_FOUND
+        )
+    typer.echo(found[0].data)
+
+
+@app.command(name="list")
+def list_clusters(
+    environment: Annotated[str | None, typer.Option(help="Only this environment.")] = None,
+) -> None:
+    """List known clusters with their phase."""
+    from deployments.client import cluster_artifacts
+
+    with _errors():
+        found = cluster_artifacts(environment)
+    for artifact in found:
+        typer.echo(f"{artifact.key.removeprefix('cluster-'):40}  {artifact.description or ''}")
+
+
+@app.command()
+def kubeconfig(environment: str, name: str) -> None:
+    """Print the customer kubeconfig of a cluster (Secret block kubeconfig-<env>-<name>)."""
+    from deployments.client import NOT_FOUND, secret_block_value
+
+    with _errors():
+        value = secret_block_value(f"kubeconfig-{environment}-{name}")
+    if value is None:
+        raise _fail(
+            f"no customer kubeconfig for {environment}/{name} (the cluster is unknown or not "
+            "configured yet)",
+            NOT_FOUND,
+        )
+    typer.echo(value)
+
+
+@app.command()
+def bootstrap(
+    state_root: Annotated[
+        str | None, typer.Option(envvar="CLUSTER_MGMT_STATE_ROOT", help="State volume mount point.")
+    ] = None,
+    ssh_user: Annotated[
+        str | None, typer.Option(envvar="CLUSTER_MGMT_SSH_USER", help="Login user on the nodes.")
+    ] = None,
+    ssh_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CLUSTER_MGMT_SSH_KEY_FILE",
+            help="Private key file for the nodes.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    known_hosts_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CLUSTER_MGMT_KNOWN_HOSTS_FILE",
+            help="known_hosts of the nodes.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    host_key_policy: Annotated[
+        str | None,
+        typer.Option(envvar="CLUSTER_MGMT_HOST_KEY_POLICY", help="reject or accept-new."),
+    ] = None,
+    rke_binary: Annotated[
+        str | None, typer.Option(envvar="CLUSTER_MGMT_RKE_BINARY", help="rke executable.")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Work pool to create and deploy to.")] = "cluster-mgmt",
+    pool_type: Annotated[str, typer.Option(help="process, docker or kubernetes.")] = "process",
+) -> None:
+    """Register block types, default blocks, the work pool and the deployments (idempotent).
+
+    Existing blocks are kept as they are; secrets are read from files and never printed.
+    """
+    from cluster_mgmt.preflight import PreflightError
+    from deployments.bootstrap import BlockValues
+    from deployments.bootstrap import bootstrap as run_bootstrap
+    from deployments.client import USAGE, api
+
+    values = BlockValues(
+        state_root=state_root,
+        ssh_user=ssh_user,
+        ssh_private_key=ssh_key_file.read_text() if ssh_key_file else None,
+        known_hosts=known_hosts_file.read_text() if known_hosts_file else None,
+        host_key_policy=host_key_policy,
+        rke_binary=rke_binary,
+    )
+    with _errors(), api():
+        try:
+            report = run_bootstrap(values, pool_name=pool, pool_type=pool_type)
+        except PreflightError as exc:
+            raise _fail(f"--ssh-key-file: {exc}", USAGE) from None
+    for item in report.created:
+        typer.echo(f"created  {item}")
+    for item in report.kept:
+        typer.echo(f"ok       {item}")
 
 
 def _auth_file(workdir: Path) -> Path:
@@ -29,27 +227,16 @@ def _auth_file(workdir: Path) -> Path:
     return path
 
 
-@app.command()
-def demo(
-    workdir: Annotated[Path, typer.Option(help="Folder for the server, lab and state.")] = Path(
-        ".lab/demo"
-    ),
-    nodes: Annotated[int, typer.Option(min=1, max=9, help="Lab nodes in the cluster.")] = 3,
-    keep: Annotated[
-        bool, typer.Option(help="Keep the cluster and the server running until Ctrl-C.")
-    ] = False,
-) -> None:
-    """Provision a cluster on lab nodes and tear it down, on the embedded default.
+WorkDir = Annotated[Path, typer.Option(help="Folder for the server, worker, lab and state.")]
 
-    Starts a Prefect server on 127.0.0.1 (SQLite, shared token), lab nodes (real sshd) and the
-    lab's stand-in rke, then runs provision-cluster and teardown-cluster against them. Watch
-    them in the UI at the printed URL; its login asks for the token in <workdir>/api-auth-string.
-    """
-    from deployments.embedded import EmbeddedServer
+
+@contextmanager
+def _embedded(workdir: Path, nodes: int) -> Iterator[tuple[Any, Any]]:
+    """Server (shared token), worker, lab nodes and bootstrap; everything stopped on exit."""
+    from deployments.embedded import EmbeddedServer, EmbeddedWorker
     from lab.nodes import LabNodes
 
     workdir = workdir.resolve()
-    state_root = workdir / "state"
     auth_file = _auth_file(workdir)
     auth_string = auth_file.read_text().strip()
     server = EmbeddedServer(home=workdir / "prefect", auth_string=auth_string)
@@ -58,54 +245,95 @@ def demo(
         "PREFECT_API_URL": server.api_url,
         "PREFECT_API_AUTH_STRING": auth_string,
         "PREFECT_HOME": str(workdir / "client"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
-    typer.echo(f"Starting Prefect server (log: {server.log_path}) ...")
-    shutil.rmtree(workdir / "nodes", ignore_errors=True)
-    with server, LabNodes(workdir / "nodes", nodes, first_address=2) as lab:
-        typer.echo(f"Prefect UI: {server.ui_url}  (token: {auth_file})")
-        _run_demo(lab, state_root, keep)
-
-
-def _run_demo(lab, state_root: Path, keep: bool) -> None:
-    from pydantic import SecretStr
-
-    from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-    from cluster_mgmt.spec import ClusterSpec, NodeSpec, expand_hosts
-    from flows.provision import provision_cluster
-    from flows.teardown import teardown_cluster
-    from lab import rke_binary
-
-    ClusterStateVolume(root=str(state_root)).save("default", overwrite=True)
-    NodeSshAccess(
-        user=lab.user,
-        private_key=SecretStr(lab.client_private_key),
-        known_hosts=lab.known_hosts(),
-    ).save("default", overwrite=True)
-    RkeSettings(binary=rke_binary()).save("default", overwrite=True)
-    shorthand = expand_hosts([n.address for n in lab.nodes])
-    spec = ClusterSpec(
-        environment="demo",
-        name="web",
-        nodes=[
-            NodeSpec(address=node.address, port=node.port, roles=role.roles)
-            for node, role in zip(lab.nodes, shorthand, strict=True)
-        ],
+    worker = EmbeddedWorker(
+        home=workdir / "worker", api_url=server.api_url, auth_string=auth_string
     )
-    typer.echo(f"Provisioning {spec.environment}/{spec.name} on {len(spec.nodes)} lab nodes ...")
-    result = provision_cluster(spec=spec)
-    typer.echo(f"provision-cluster: {result['phase']} — {result['message']}")
-    if keep:
-        typer.echo("Cluster is up; press Ctrl-C to tear it down and stop.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    result = teardown_cluster(environment=spec.environment, name=spec.name)
-    typer.echo(f"teardown-cluster: {result['phase']} — state archived at {result['archive']}")
+    typer.echo(
+        f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})"
+    )
+    with server, worker, LabNodes(workdir / "nodes", nodes, first_address=2) as lab:
+        from deployments.bootstrap import BlockValues
+        from deployments.bootstrap import bootstrap as run_bootstrap
+        from lab import rke_binary
+
+        run_bootstrap(
+            BlockValues(
+                state_root=str(workdir / "state"),
+                ssh_user=lab.user,
+                ssh_private_key=lab.client_private_key,
+                known_hosts=lab.known_hosts(),
+                rke_binary=rke_binary(),
+            )
+        )
+        typer.echo(f"Prefect UI: {server.ui_url}  (login token in {auth_file})")
+        yield server, lab
+
+
+def _lab_spec(lab: Any, environment: str, name: str) -> dict[str, Any]:
+    from cluster_mgmt.spec import expand_hosts
+
+    roles = expand_hosts([n.address for n in lab.nodes])
+    nodes = [
+        {"address": n.address, "port": n.port, "roles": r.roles}
+        for n, r in zip(lab.nodes, roles, strict=True)
+    ]
+    return {"environment": environment, "name": name, "nodes": nodes}
+
+
+def _until_interrupted() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+
+
+@app.command()
+def server(
+    workdir: WorkDir = Path(".lab/server"),
+    nodes: Annotated[int, typer.Option(min=1, max=9, help="Lab nodes to start.")] = 3,
+) -> None:
+    """Run the embedded service until Ctrl-C: server, worker, lab nodes, bootstrap.
+
+    A ClusterSpec for the lab nodes is written to <workdir>/lab-spec.yaml for `create`.
+    """
+    with _embedded(workdir, nodes) as (_, lab):
+        spec_file = workdir.resolve() / "lab-spec.yaml"
+        spec_file.write_text(yaml.safe_dump(_lab_spec(lab, "lab", "web"), sort_keys=False))
+        typer.echo(f"Lab nodes up; try: cluster-mgmt create --spec {spec_file} --wait")
+        _until_interrupted()
+
+
+@app.command()
+def demo(
+    workdir: WorkDir = Path(".lab/demo"),
+    nodes: Annotated[int, typer.Option(min=1, max=9, help="Lab nodes in the cluster.")] = 3,
+    keep: Annotated[bool, typer.Option(help="Keep cluster and server up until Ctrl-C.")] = False,
+) -> None:
+    """Provision a cluster on lab nodes through the API, then tear it down.
+
+    Starts the embedded default (Prefect server on 127.0.0.1 with SQLite and the shared token,
+    a process worker, lab nodes with real sshd, the lab's rke), bootstraps it, triggers
+    provision-cluster/default exactly as an outside client would and follows it; then
+    teardown-cluster/default. Watch it in the UI at the printed URL (its login asks for the
+    token kept in <workdir>/api-auth-string).
+    """
+    with _embedded(workdir, nodes) as (_, lab):
+        spec = _lab_spec(lab, "demo", "web")
+        typer.echo(f"Provisioning demo/web on {nodes} lab nodes ...")
+        _start("provision-cluster/default", {"spec": spec}, wait=True)
+        if keep:
+            typer.echo("The cluster is up; Ctrl-C tears it down and stops everything.")
+            _until_interrupted()
+        typer.echo("Tearing demo/web down ...")
+        _start("teardown-cluster/default", {"environment": "demo", "name": "web"}, wait=True)
+
+
+def main() -> None:
+    app(prog_name="cluster-mgmt")
 
 
 if __name__ == "__main__":
-    app()
+    sys.exit(main())

@@ -118,17 +118,72 @@ class EmbeddedServer:
             return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        _stop(self.process)
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class EmbeddedWorker:
+    """A process worker for `pool`, polling often so runs start within a few seconds."""
+
+    home: Path
+    api_url: str
+    auth_string: str
+    pool: str = "cluster-mgmt"
+    query_seconds: float = 2.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "worker.log"
+
+    def start(self) -> EmbeddedWorker:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {
+            **QUIET,
+            **self.extra_env,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_API_AUTH_STRING": self.auth_string,
+            "PREFECT_WORKER_QUERY_SECONDS": str(self.query_seconds),
+            "PREFECT_WORKER_PREFETCH_SECONDS": "10",
+        }
+        command = [PREFECT, "worker", "start", "--pool", self.pool, "--type", "process"]
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [*command, "--install-policy", "never"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _stop(process: subprocess.Popen | None, grace: float = 15.0) -> None:
+    """SIGTERM a process group we started; SIGKILL it if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)

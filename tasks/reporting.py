@@ -57,5 +57,5 @@ def update_cluster_artifact(
     create_markdown_artifact(
         key=f"cluster-{cluster.environment}-{cluster.name}",
         markdown=redact("\n".join(parts)),
-        description=f"Status of cluster {cluster.environment}/{cluster.name}",
+        description=redact(f"{status.phase}: {status.message}") if status else "no status yet",
     )

@@ -1,0 +1,115 @@
+"""What the CLI asks of the Prefect API: trigger deployments, follow runs, read cluster status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+# Exit codes a script can rely on.
+OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
+
+
+class ServiceError(Exception):
+    """A one-line error for the operator, with the exit code to leave with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def api() -> Iterator[SyncPrefectClient]:
+    """A Prefect client whose connection and auth failures become ServiceErrors."""
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ServiceError("PREFECT_API_URL is not set; point it at the Prefect API", USAGE)
+    try:
+        with get_client(sync_client=True) as client:
+            yield client
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise ServiceError(
+            f"cannot reach the Prefect API at {url} ({exc.__class__.__name__}); "
+            "is the server running (cluster-mgmt server)?",
+            UNREACHABLE,
+        ) from None
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == 401:
+            raise ServiceError(
+                f"the Prefect API at {url} refused the credentials; set PREFECT_API_AUTH_STRING "
+                "to the server's shared token",
+                UNREACHABLE,
+            ) from None
+        raise
+
+
+def run_url(run_id: UUID) -> str:
+    ui = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
+    return f"{ui}/runs/flow-run/{run_id}"
+
+
+def trigger(deployment: str, parameters: dict[str, Any]) -> FlowRun:
+    """Start a run of `deployment` (`<flow>/<name>`) and return at once."""
+    with api() as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ServiceError(
+                f"deployment {deployment} does not exist; run `cluster-mgmt bootstrap` first",
+                NOT_FOUND,
+            ) from None
+        return client.create_flow_run_from_deployment(found.id, parameters=parameters)
+
+
+def follow(run_id: UUID, on_change: Callable[[FlowRun], None], poll: float = 1.0) -> FlowRun:
+    """Poll a run until it is final, calling `on_change` whenever its state changes."""
+    last = None
+    while True:
+        with api() as client:
+            run = client.read_flow_run(run_id)
+        if run.state and (run.state.type, run.state.name) != last:
+            last = (run.state.type, run.state.name)
+            on_change(run)
+        if run.state and run.state.is_final():
+            return run
+        time.sleep(poll)
+
+
+def run_result(run: FlowRun) -> Any:
+    """The run's (small, secret-free) result, or its failure message."""
+    try:
+        return run.state.result(raise_on_failure=False) if run.state else None
+    except Exception as exc:  # noqa: BLE001 - results may be unavailable; say so
+        return f"(result unavailable: {exc})"
+
+
+def cluster_artifacts(environment: str | None = None, name: str | None = None) -> list[Any]:
+    """Latest status artifact of each cluster (or of one cluster)."""
+    prefix = f"cluster-{environment}-" if environment else "cluster-"
+    if name:
+        key = ArtifactCollectionFilterKey(any_=[f"{prefix}{name}"])
+    else:
+        key = ArtifactCollectionFilterKey(like_=prefix)  # a substring match on the server
+    with api() as client:
+        found = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(key=key))
+    return sorted((a for a in found if a.key.startswith(prefix)), key=lambda a: a.key)
+
+
+def secret_block_value(name: str) -> str | None:
+    """The value of Prefect Secret block `name`, or None when there is none."""
+    from prefect.blocks.system import Secret
+
+    with api():
+        try:
+            return Secret.load(name).get()
+        except ValueError:
+            return None
