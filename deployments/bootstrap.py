@@ -46,7 +46,7 @@ def _set(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _ensure_blocks(values: BlockValues, report: BootstrapReport) -> None:
+def _ensure_blocks(values: BlockValues, report: BootstrapReport, overwrite: bool) -> None:
     for block_type in BLOCK_TYPES:
         block_type.register_type_and_schema()
     wanted = {
@@ -65,16 +65,17 @@ def _ensure_blocks(values: BlockValues, report: BootstrapReport) -> None:
     }
     for block_type, fields in wanted.items():
         label = f"block {block_type.get_block_type_slug()}/default"
-        try:
-            block_type.load("default")
-            report.kept.append(label)
-            continue
-        except ValueError:
-            pass
+        if not overwrite:
+            try:
+                block_type.load("default")
+                report.kept.append(label)
+                continue
+            except ValueError:
+                pass
         if block_type is NodeSshAccess and "private_key" not in fields:
             report.kept.append(f"{label} (not created: give --ssh-key-file)")
             continue
-        block_type(**fields).save("default")
+        block_type(**fields).save("default", overwrite=overwrite)
         report.created.append(label)
 
 
@@ -122,16 +123,21 @@ def _apply_deployments(pool_name: str, report: BootstrapReport) -> None:
 
 
 def bootstrap(
-    values: BlockValues, *, pool_name: str = "cluster-mgmt", pool_type: str = "process"
+    values: BlockValues,
+    *,
+    pool_name: str = "cluster-mgmt",
+    pool_type: str = "process",
+    overwrite_blocks: bool = False,
 ) -> BootstrapReport:
     """Register block types, create missing default blocks and the work pool, apply deployments.
 
-    Existing blocks are never overwritten (operators may have changed them in the UI).
+    Existing blocks are kept (operators may have changed them in the UI) unless
+    `overwrite_blocks` is set.
     """
     if values.ssh_private_key:
         load_private_key(values.ssh_private_key)  # says what is wrong, never echoes the key
     report = BootstrapReport()
-    _ensure_blocks(values, report)
+    _ensure_blocks(values, report, overwrite_blocks)
     _ensure_work_pool(pool_name, pool_type, report)
     _apply_deployments(pool_name, report)
     return report

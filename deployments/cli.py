@@ -7,8 +7,6 @@ refused, 4 unknown cluster or deployment.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -216,59 +214,7 @@ def bootstrap(
         typer.echo(f"ok       {item}")
 
 
-def _auth_file(workdir: Path) -> Path:
-    """The shared token, kept in a 0600 file (never printed)."""
-    path = workdir / "api-auth-string"
-    if not path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"operator:{secrets.token_urlsafe(24)}")
-    return path
-
-
 WorkDir = Annotated[Path, typer.Option(help="Folder for the server, worker, lab and state.")]
-
-
-@contextmanager
-def _embedded(workdir: Path, nodes: int) -> Iterator[tuple[Any, Any]]:
-    """Server (shared token), worker, lab nodes and bootstrap; everything stopped on exit."""
-    from deployments.embedded import EmbeddedServer, EmbeddedWorker
-    from lab.nodes import LabNodes
-
-    workdir = workdir.resolve()
-    auth_file = _auth_file(workdir)
-    auth_string = auth_file.read_text().strip()
-    server = EmbeddedServer(home=workdir / "prefect", auth_string=auth_string)
-    # Prefect reads its settings when first imported: configure the client before that.
-    os.environ |= {
-        "PREFECT_API_URL": server.api_url,
-        "PREFECT_API_AUTH_STRING": auth_string,
-        "PREFECT_HOME": str(workdir / "client"),
-        "DO_NOT_TRACK": "1",
-    }
-    worker = EmbeddedWorker(
-        home=workdir / "worker", api_url=server.api_url, auth_string=auth_string
-    )
-    typer.echo(
-        f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})"
-    )
-    with server, worker, LabNodes(workdir / "nodes", nodes, first_address=2) as lab:
-        from deployments.bootstrap import BlockValues
-        from deployments.bootstrap import bootstrap as run_bootstrap
-        from lab import rke_binary
-
-        run_bootstrap(
-            BlockValues(
-                state_root=str(workdir / "state"),
-                ssh_user=lab.user,
-                ssh_private_key=lab.client_private_key,
-                known_hosts=lab.known_hosts(),
-                rke_binary=rke_binary(),
-            )
-        )
-        typer.echo(f"Prefect UI: {server.ui_url}  (login token in {auth_file})")
-        yield server, lab
 
 
 def _lab_spec(lab: Any, environment: str, name: str) -> dict[str, Any]:
@@ -299,7 +245,9 @@ def server(
 
     A ClusterSpec for the lab nodes is written to <workdir>/lab-spec.yaml for `create`.
     """
-    with _embedded(workdir, nodes) as (_, lab):
+    from lab.service import embedded_service
+
+    with embedded_service(workdir, nodes, typer.echo) as (_, lab):
         spec_file = workdir.resolve() / "lab-spec.yaml"
         spec_file.write_text(yaml.safe_dump(_lab_spec(lab, "lab", "web"), sort_keys=False))
         typer.echo(f"Lab nodes up; try: cluster-mgmt create --spec {spec_file} --wait")
@@ -320,7 +268,9 @@ def demo(
     teardown-cluster/default. Watch it in the UI at the printed URL (its login asks for the
     token kept in <workdir>/api-auth-string).
     """
-    with _embedded(workdir, nodes) as (_, lab):
+    from lab.service import embedded_service
+
+    with embedded_service(workdir, nodes, typer.echo) as (_, lab):
         spec = _lab_spec(lab, "demo", "web")
         typer.echo(f"Provisioning demo/web on {nodes} lab nodes ...")
         _start("provision-cluster/default", {"spec": spec}, wait=True)

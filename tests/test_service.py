@@ -1,0 +1,199 @@
+"""The service as Prefect users run it: shared token, bootstrap, deployments, worker, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+import yaml
+
+from tests.conftest import AUTH_STRING
+
+LAB_FIRST_ADDRESS = 30
+CLI = str(Path(sys.executable).parent / "cluster-mgmt")
+WEBSOCKETS = ["/events/in", "/events/out", "/logs/out"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# --- shared token ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("auth", [None, ("ops", "wrong")])
+def test_rest_refuses_missing_or_wrong_token(prefect_server, auth):
+    response = httpx.post(f"{prefect_server.api_url}/flows/filter", json={}, auth=auth)
+    assert response.status_code == 401
+    assert httpx.get(f"{prefect_server.api_url}/health").status_code == 200  # probes stay open
+    ok = httpx.post(
+        f"{prefect_server.api_url}/flows/filter", json={}, auth=tuple(AUTH_STRING.split(":", 1))
+    )
+    assert ok.status_code == 200
+
+
+async def _websocket_outcome(url: str, token: str | None, subprotocol: bool) -> str:
+    try:
+        async with websockets.connect(url, subprotocols=["prefect"] if subprotocol else None) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            reply = await asyncio.wait_for(ws.recv(), timeout=5)
+            return json.loads(reply)["type"]
+    except websockets.exceptions.ConnectionClosed as exc:
+        return f"closed {exc.rcvd.code if exc.rcvd else None}"
+    except websockets.exceptions.InvalidStatus as exc:
+        return f"http {exc.response.status_code}"
+
+
+@pytest.mark.parametrize("path", WEBSOCKETS)
+def test_websockets_refuse_missing_or_wrong_token(prefect_server, path):
+    url = prefect_server.api_url.replace("http://", "ws://") + path
+    outcomes = [
+        asyncio.run(_websocket_outcome(url, AUTH_STRING, subprotocol=False)),
+        asyncio.run(_websocket_outcome(url, None, subprotocol=True)),
+        asyncio.run(_websocket_outcome(url, "ops:wrong", subprotocol=True)),
+    ]
+    assert all(o != "auth_success" for o in outcomes), outcomes
+    assert outcomes[1] == outcomes[2] == "closed 1008"
+    assert asyncio.run(_websocket_outcome(url, AUTH_STRING, subprotocol=True)) == "auth_success"
+
+
+def test_cli_reports_a_wrong_token_and_a_down_server(prefect_server):
+    wrong = cli("list", env={"PREFECT_API_AUTH_STRING": "ops:wrong"})
+    assert wrong.returncode == 3 and "refused the credentials" in wrong.stderr
+    assert "ops:wrong" not in wrong.stderr + wrong.stdout
+    down = cli("list", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert down.returncode == 3 and "cannot reach the Prefect API" in down.stderr
+
+
+# --- bootstrap, deployments, worker, CLI -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
+    """Bootstrap into a fresh pool and run a real process worker on it."""
+    from deployments.embedded import EmbeddedWorker
+
+    home = tmp_path_factory.mktemp("service")
+    key = home / "id_node"
+    key.write_text(lab_nodes.client_private_key)
+    known = home / "known_hosts"
+    known.write_text(lab_nodes.known_hosts())
+    pool = f"pool-{uuid.uuid4().hex[:6]}"
+    args = [
+        "bootstrap",
+        "--pool",
+        pool,
+        "--state-root",
+        str(home / "state"),
+        "--ssh-user",
+        lab_nodes.user,
+        "--ssh-key-file",
+        str(key),
+        "--known-hosts-file",
+        str(known),
+        "--rke-binary",
+        lab_rke,
+    ]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    worker = EmbeddedWorker(
+        home=home / "worker", api_url=prefect_server.api_url, auth_string=AUTH_STRING, pool=pool
+    )
+    with worker:
+        yield {"home": home, "args": args, "first": first, "worker": worker}
+
+
+def test_bootstrap_is_idempotent_and_never_prints_the_key(service, lab_nodes):
+    assert "created  work pool" in service["first"].stdout
+    second = cli(*service["args"])
+    assert second.returncode == 0 and "created" not in second.stdout
+    key_line = lab_nodes.client_private_key.splitlines()[1]
+    assert key_line not in service["first"].stdout + service["first"].stderr + second.stdout
+
+
+def test_create_is_asynchronous_and_wait_follows_the_run(service, lab_nodes):
+    spec = {
+        "environment": "svc",
+        "name": f"c{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"address": n.address, "port": n.port, "roles": r}
+            for n, r in zip(
+                lab_nodes.nodes, [["controlplane", "etcd"], ["worker"], ["worker"]], strict=True
+            )
+        ],
+    }
+    spec_file = service["home"] / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    started = time.monotonic()
+    quick = cli("create", "--spec", str(spec_file))
+    assert quick.returncode == 0, quick.stderr
+    assert (
+        time.monotonic() - started < 30
+        and "flow run" in quick.stdout
+        and "/runs/flow-run/" in quick.stdout
+    )
+
+    waited = cli("create", "--spec", str(spec_file), "--wait", timeout=240)
+    assert waited.returncode == 0, waited.stderr + waited.stdout
+    assert json.loads(waited.stdout.splitlines()[-1])["phase"] == "READY"
+    status = cli("status", "svc", spec["name"])
+    assert status.returncode == 0 and "READY" in status.stdout
+    listed = cli("list", "--environment", "svc")
+    assert spec["name"] in listed.stdout
+
+    deleted = cli("delete", "svc", spec["name"], "--wait", timeout=240)
+    assert deleted.returncode == 0, deleted.stderr + deleted.stdout
+    assert "DELETED" in deleted.stdout
+
+
+def test_bad_input_is_refused_before_anything_starts(service, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed")
+    result = cli("create", "--spec", str(broken))
+    assert result.returncode == 2 and "does not parse" in result.stderr
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text(yaml.safe_dump({"name": "web", "hosts": ["10.0.0.1", "10.0.0.1"]}))
+    result = cli("create", "--spec", str(invalid))
+    assert result.returncode == 2 and "appears twice" in result.stderr
+    unknown = cli("delete", "svc", "no-such-cluster")
+    assert unknown.returncode == 4 and "unknown cluster" in unknown.stderr
+
+
+def test_failed_run_gives_exit_code_1(service, lab_nodes):
+    spec_file = service["home"] / "bad-version.yaml"
+    nodes = [
+        {
+            "address": lab_nodes.nodes[0].address,
+            "port": lab_nodes.nodes[0].port,
+            "roles": ["controlplane", "etcd", "worker"],
+        }
+    ]
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "environment": "svc",
+                "name": "old",
+                "nodes": nodes,
+                "kubernetes_version": "v1.18.3-rancher1-1",
+            }
+        )
+    )
+    result = cli("create", "--spec", str(spec_file), "--wait", timeout=240)
+    assert result.returncode == 1
+    assert "v1.18.3-rancher1-1" in result.stdout + result.stderr
