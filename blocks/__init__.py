@@ -1,7 +1,8 @@
 """Prefect blocks: every credential and setting an operator configures."""
 
+from blocks.policy import PolicyService
 from blocks.rke import RkeSettings
 from blocks.ssh import NodeSshAccess
 from blocks.state_volume import ClusterStateVolume
 
-__all__ = ["ClusterStateVolume", "NodeSshAccess", "RkeSettings"]
+__all__ = ["ClusterStateVolume", "NodeSshAccess", "PolicyService", "RkeSettings"]

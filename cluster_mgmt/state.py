@@ -85,6 +85,9 @@ _STAGING = re.compile(rf"{re.escape(STAGING_PREFIX)}{_STAMP}-({_LABEL})")
 _PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----.*-----END [A-Z0-9 ]+-----\s*", re.DOTALL)
 
 
+POLICY_DECISION = "policy-decision.json"
+
+
 class StateError(Exception):
     """Something is wrong with the state volume; the message says what and what to do."""
 
@@ -463,6 +466,13 @@ class ClusterState:
     def snapshot_history(self, operation: str) -> Path:
         """Copy the present state files to ``history/<stamp>-<operation>/`` and prune."""
         return self._snapshot(_check_operation(operation))
+
+    def record_decision(self, operation: str, decision: dict[str, Any]) -> Path:
+        """Keep a policy decision as ``history/<stamp>-<operation>-policy/policy-decision.json``."""
+        body = json.dumps(decision, indent=2, sort_keys=True).encode() + b"\n"
+        path = self._write_history(f"{_check_operation(operation)}-policy", {POLICY_DECISION: body})
+        self._prune_history()
+        return path
 
     def _snapshot(self, label: str) -> Path:
         files = {n: d for n in FILES if (d := _read_bytes(self.dir / n)) is not None}

@@ -11,6 +11,7 @@ from cluster_mgmt.redact import register_secret
 from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
 from flows.operation import cluster_operation, current_run_id, summary
+from tasks.policy import validate_policy
 from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
@@ -31,14 +32,18 @@ def provision_cluster(
     ssh_access: str = "default",
     state_volume: str = "default",
     rke_settings: str = "default",
+    policy: str = "default",
 ) -> dict[str, str]:
     """Create an RKE cluster on the spec's nodes and keep its state on the state volume.
+
+    Policy first: a denied request touches no node and writes nothing on the volume.
 
     Args:
         spec: The cluster to create.
         ssh_access: Name of the `node-ssh-access` block.
         state_volume: Name of the `cluster-state-volume` block.
         rke_settings: Name of the `rke-settings` block.
+        policy: Name of the `policy-service` block; without one, the built-in rules apply.
     """
     logger = get_run_logger()
     settings = load_block(RkeSettings, rke_settings)
@@ -53,6 +58,9 @@ def provision_cluster(
     driver = settings.driver()
     driver.executable()
     volume.check_usable()
+    decision = validate_policy(
+        policy, "rke-cluster", spec.environment, spec.name, spec.model_dump(mode="json")
+    )
     config = render_cluster_config(spec, ssh_user=access.user)
     spec_hash = spec.spec_hash()
     run_id = current_run_id()
@@ -66,6 +74,7 @@ def provision_cluster(
                 f"cluster {spec.environment}/{spec.name} exists with a different spec (changed: "
                 f"{changed}); provision again with the original spec, or use update-cluster"
             )
+        cluster.record_decision("provision", decision.to_dict())
         cluster.ensure_state_intact()
         if status and status.phase == "READY" and status.spec_hash == spec_hash:
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)

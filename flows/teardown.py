@@ -11,6 +11,7 @@ from cluster_mgmt.preflight import NodeTarget, load_private_key
 from cluster_mgmt.redact import register_secret
 from cluster_mgmt.spec import ClusterName, Environment
 from flows.operation import cluster_operation, current_run_id, summary
+from tasks.policy import validate_policy
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
@@ -34,6 +35,7 @@ def teardown_cluster(
     ssh_access: str = "default",
     state_volume: str = "default",
     rke_settings: str = "default",
+    policy: str = "default",
 ) -> dict[str, str]:
     """Remove a cluster from its nodes with `rke remove --force` and archive its state.
 
@@ -46,6 +48,7 @@ def teardown_cluster(
         ssh_access: Name of the `node-ssh-access` block.
         state_volume: Name of the `cluster-state-volume` block.
         rke_settings: Name of the `rke-settings` block.
+        policy: Name of the `policy-service` block; without one, the built-in rules apply.
     """
     logger = get_run_logger()
     settings = load_block(RkeSettings, rke_settings)
@@ -62,9 +65,11 @@ def teardown_cluster(
             f"no cluster {environment}/{name} on the state volume {volume.root}; "
             "check the environment and name"
         )
+    decision = validate_policy(policy, "rke-cluster-teardown", environment, name, {})
     run_id = current_run_id()
 
     with cluster_operation(volume, environment, name, "teardown") as cluster:
+        cluster.record_decision("teardown", decision.to_dict())
         config_text = cluster.read_text("cluster.yml") or ""
         config = yaml.safe_load(config_text)
         cluster.write_status("DELETING", "teardown", run_id, "checking nodes")

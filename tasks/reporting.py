@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from cluster_mgmt.policy import Decision
 from cluster_mgmt.redact import redact
 from cluster_mgmt.state import ClusterState
 
@@ -58,4 +59,15 @@ def update_cluster_artifact(
         key=f"cluster-{cluster.environment}-{cluster.name}",
         markdown=redact("\n".join(parts)),
         description=redact(f"{status.phase}: {status.message}") if status else "no status yet",
+    )
+
+
+def publish_decision(environment: str, name: str, decision: Decision) -> None:
+    """Attach a policy decision to the flow run as a table artifact (one row per violation)."""
+    rows = [v.to_dict() for v in decision.violations] or [
+        {"rule": "-", "message": "no violations", "severity": "-"}
+    ]
+    create_table_artifact(
+        table=rows,
+        description=redact(f"{environment}/{name}: {decision.summary()}"),
     )
