@@ -42,7 +42,11 @@ def prefect_server():
     from deployments.embedded import EmbeddedServer
 
     server = EmbeddedServer(
-        home=_HOME / "server", auth_string=AUTH_STRING, port=_PORT, ui=False, cache_dir=REPO / ".lab"
+        home=_HOME / "server",
+        auth_string=AUTH_STRING,
+        port=_PORT,
+        ui=False,
+        cache_dir=REPO / ".lab",
     )
     with server:
         try:
@@ -68,3 +72,11 @@ def lab_nodes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     first = getattr(request.module, "LAB_FIRST_ADDRESS", 10)
     with LabNodes(tmp_path_factory.mktemp("nodes"), 3, first_address=first) as nodes:
         yield nodes
+
+
+@pytest.fixture
+def env(tmp_path, lab_nodes, lab_rke, monkeypatch):
+    """Blocks, a state volume and a fresh cluster identity for one test's flow runs."""
+    from tests.flowenv import Env
+
+    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,86 +22,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
-from pydantic import SecretStr
 
-from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-from cluster_mgmt.spec import ClusterSpec, NodeSpec
-from cluster_mgmt.state import StateVolume
-from flows.provision import provision_cluster
-from flows.teardown import teardown_cluster
+from tests.flowenv import Env, failure_message
 
 LAB_FIRST_ADDRESS = 20
 RKE_FILES = ("cluster.yml", "cluster.rkestate", "kube_config_cluster.yml")
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-class Env:
-    """Blocks, state volume and a fresh cluster identity for one test."""
-
-    def __init__(self, tmp_path: Path, lab, rke: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.lab = lab
-        self.tag = uuid.uuid4().hex[:8]
-        self.root = tmp_path / "state"
-        self.blocks = {
-            "ssh_access": f"ssh-{self.tag}",
-            "state_volume": f"vol-{self.tag}",
-            "rke_settings": f"rke-{self.tag}",
-        }
-        ClusterStateVolume(root=str(self.root)).save(self.blocks["state_volume"])
-        self.save_ssh(known_hosts=lab.known_hosts())
-        RkeSettings(binary=rke).save(self.blocks["rke_settings"])
-        self.faults = tmp_path / "faults.json"
-        monkeypatch.setenv("LAB_RKE_FAULTS", str(self.faults))
-        self.name = f"c{self.tag}"
-
-    def save_ssh(self, **fields) -> None:
-        NodeSshAccess(
-            user=self.lab.user, private_key=SecretStr(self.lab.client_private_key), **fields
-        ).save(self.blocks["ssh_access"], overwrite=True)
-
-    def fault(self, **faults) -> None:
-        self.faults.write_text(json.dumps(faults))
-
-    def spec(self, count: int = 3) -> ClusterSpec:
-        roles = (
-            [["controlplane", "etcd", "worker"]]
-            if count == 1
-            else [["controlplane", "etcd"]] + [["worker"]] * (count - 1)
-        )
-        nodes = [
-            NodeSpec(address=n.address, port=n.port, roles=r)
-            for n, r in zip(self.lab.nodes, roles, strict=False)
-        ]
-        return ClusterSpec(environment="test", name=self.name, nodes=nodes)
-
-    @property
-    def cluster(self):
-        return StateVolume(self.root).cluster("test", self.name)
-
-    def provision(self, spec: ClusterSpec | None = None):
-        return provision_cluster(spec=spec or self.spec(), **self.blocks, return_state=True)
-
-    def teardown(self):
-        return teardown_cluster(
-            environment="test", name=self.name, **self.blocks, return_state=True
-        )
-
-    def logins(self) -> list[int]:
-        return [n.accepted_logins() for n in self.lab.nodes]
-
-
-@pytest.fixture
-def env(tmp_path, lab_nodes, lab_rke, monkeypatch) -> Env:
-    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch)
-
-
-def _message(state) -> str:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - we want the failure's text
-        return str(exc)
-    return ""
 
 
 def assert_parses(cluster) -> None:
@@ -114,7 +40,7 @@ def assert_parses(cluster) -> None:
 
 def test_provision_teardown_and_provision_again(env: Env):
     state = env.provision()
-    assert state.is_completed(), _message(state)
+    assert state.is_completed(), failure_message(state)
     result = state.result()
     assert result["phase"] == "READY"
     cluster = env.cluster
@@ -142,14 +68,14 @@ def test_provision_teardown_and_provision_again(env: Env):
     )
 
     down = env.teardown()
-    assert down.is_completed(), _message(down)
+    assert down.is_completed(), failure_message(down)
     assert down.result()["phase"] == "DELETED"
     archived = Path(down.result()["archive"])
     assert not cluster.dir.exists() and (archived / "cluster.rkestate").exists()
     assert json.loads((archived / "status.json").read_text())["phase"] == "DELETED"
 
     reborn = env.provision()
-    assert reborn.is_completed(), _message(reborn)
+    assert reborn.is_completed(), failure_message(reborn)
     new_ca = json.loads(env.cluster.read_text("cluster.rkestate"))["currentState"][
         "certificatesBundle"
     ]["kube-ca"]
@@ -158,7 +84,7 @@ def test_provision_teardown_and_provision_again(env: Env):
 
 def test_one_node_cluster(env: Env):
     state = env.provision(env.spec(count=1))
-    assert state.is_completed(), _message(state)
+    assert state.is_completed(), failure_message(state)
     config = yaml.safe_load(env.cluster.read_text("cluster.yml"))
     assert config["nodes"][0]["role"] == ["controlplane", "etcd", "worker"]
 
@@ -170,7 +96,7 @@ def test_changed_host_key_fails_before_rke(env: Env):
         before = env.logins()
         state = env.provision()
         assert state.is_failed()
-        message = _message(state)
+        message = failure_message(state)
         assert "HOST KEY CHANGED" in message and victim.address in message
         # preflight logged in once to each other node; rke (which logs in again) never ran
         after = env.logins()
@@ -188,7 +114,9 @@ def test_unreachable_node_fails_preflight(env: Env):
     try:
         state = env.provision()
         assert state.is_failed()
-        assert "preflight failed" in _message(state) and node.address in _message(state)
+        assert "preflight failed" in failure_message(state) and node.address in failure_message(
+            state
+        )
         assert env.cluster.read_text("cluster.rkestate") is None
     finally:
         node.start()
@@ -206,7 +134,7 @@ def test_rke_failure_midway_then_rerun_converges(env: Env):
     ]["kube-ca"]
     env.fault()
     rerun = env.provision()
-    assert rerun.is_completed(), _message(rerun)
+    assert rerun.is_completed(), failure_message(rerun)
     assert (
         json.loads(env.cluster.read_text("cluster.rkestate"))["currentState"]["certificatesBundle"][
             "kube-ca"
@@ -221,7 +149,7 @@ def test_missing_rkestate_is_refused_before_rke(env: Env):
     before = env.logins()
     state = env.provision()
     assert state.is_failed()
-    message = _message(state)
+    message = failure_message(state)
     assert "full-cluster-state" in message and "history" in message
     assert env.logins() == before
     assert env.cluster.read_text("cluster.rkestate") is None
@@ -232,7 +160,7 @@ def test_busy_cluster_is_refused_with_the_holder(env: Env):
     with env.cluster.lock("teardown", "run-123"):
         state = env.provision()
     assert state.is_failed()
-    assert "operation teardown in progress (flow run run-123)" in _message(state)
+    assert "operation teardown in progress (flow run run-123)" in failure_message(state)
 
 
 def test_concurrent_provisions_never_interleave(env: Env, tmp_path: Path):
@@ -280,7 +208,7 @@ def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
     assert_parses(env.cluster)
     env.fault()
     rerun = env.provision()
-    assert rerun.is_completed(), _message(rerun)
+    assert rerun.is_completed(), failure_message(rerun)
     assert_parses(env.cluster)
 
 
@@ -299,7 +227,7 @@ def _rke_pids() -> list[int]:
 
 def test_no_secret_in_logs_results_or_artifacts(env: Env):
     state = env.provision()
-    assert state.is_completed(), _message(state)
+    assert state.is_completed(), failure_message(state)
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     key_body = "".join(env.lab.client_private_key.strip().splitlines()[1:-1])

@@ -1,0 +1,94 @@
+"""A test's own blocks, state volume and cluster identity for running flows in-process."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
+from cluster_mgmt.spec import ClusterSpec, NodeSpec
+from cluster_mgmt.state import StateVolume
+from flows.provision import provision_cluster
+from flows.teardown import teardown_cluster
+
+
+class Env:
+    """Blocks, state volume and a fresh cluster identity for one test."""
+
+    def __init__(self, tmp_path: Path, lab, rke: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lab = lab
+        self.tag = uuid.uuid4().hex[:8]
+        self.root = tmp_path / "state"
+        self.blocks = {
+            "policy": f"policy-{self.tag}",
+            "ssh_access": f"ssh-{self.tag}",
+            "state_volume": f"vol-{self.tag}",
+            "rke_settings": f"rke-{self.tag}",
+        }
+        ClusterStateVolume(root=str(self.root)).save(self.blocks["state_volume"])
+        self.save_ssh(known_hosts=lab.known_hosts())
+        RkeSettings(binary=rke).save(self.blocks["rke_settings"])
+        self.faults = tmp_path / "faults.json"
+        monkeypatch.setenv("LAB_RKE_FAULTS", str(self.faults))
+        self.name = f"c{self.tag}"
+
+    def save_ssh(self, **fields) -> None:
+        NodeSshAccess(
+            user=self.lab.user, private_key=SecretStr(self.lab.client_private_key), **fields
+        ).save(self.blocks["ssh_access"], overwrite=True)
+
+    def fault(self, **faults) -> None:
+        self.faults.write_text(json.dumps(faults))
+
+    def spec(self, count: int = 3) -> ClusterSpec:
+        roles = (
+            [["controlplane", "etcd", "worker"]]
+            if count == 1
+            else [["controlplane", "etcd"]] + [["worker"]] * (count - 1)
+        )
+        nodes = [
+            NodeSpec(address=n.address, port=n.port, roles=r)
+            for n, r in zip(self.lab.nodes, roles, strict=False)
+        ]
+        return ClusterSpec(environment="test", name=self.name, nodes=nodes)
+
+    @property
+    def cluster(self):
+        return StateVolume(self.root).cluster("test", self.name)
+
+    def provision(self, spec: ClusterSpec | None = None):
+        return provision_cluster(spec=spec or self.spec(), **self.blocks, return_state=True)
+
+    def teardown(self):
+        return teardown_cluster(
+            environment="test", name=self.name, **self.blocks, return_state=True
+        )
+
+    def logins(self) -> list[int]:
+        return [n.accepted_logins() for n in self.lab.nodes]
+
+
+@pytest.fixture
+def env(tmp_path, lab_nodes, lab_rke, monkeypatch) -> Env:
+    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch)
+
+
+def _message(state) -> str:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - we want the failure's text
+        return str(exc)
+    return ""
+
+
+def failure_message(state) -> str:
+    """The text of a failed run's exception ("" when it completed)."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - we want the failure's text
+        return str(exc)
+    return ""

@@ -1,0 +1,92 @@
+"""validate-policy in provision-cluster: nothing is touched unless policy allows it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import SecretStr
+
+from blocks import PolicyService as PolicyBlock
+from lab.policy_service import PolicyService
+from tests.flowenv import Env, failure_message
+
+LAB_FIRST_ADDRESS = 50
+TOKEN = "policy-token-0123456789abcdef"
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture(scope="module")
+def policy_service(tmp_path_factory):
+    with PolicyService(tmp_path_factory.mktemp("policy"), TOKEN) as service:
+        yield service
+
+
+@pytest.fixture
+def policed(env: Env, policy_service) -> Env:
+    policy_service.set_mode("normal")
+    PolicyBlock(
+        url=policy_service.url,
+        token=SecretStr(TOKEN),
+        ca_bundle=policy_service.ca_pem,
+        timeout_seconds=2,
+    ).save(env.blocks["policy"], overwrite=True)
+    return env
+
+
+def untouched(env: Env, before: list[int]) -> None:
+    """No SSH connection reached any node, and the cluster has no directory."""
+    assert [n.connections() for n in env.lab.nodes] == before
+    assert not env.cluster.dir.exists()
+
+
+def test_allowed_request_is_provisioned_and_the_decision_kept(policed: Env, policy_service):
+    state = policed.provision()
+    assert state.is_completed(), failure_message(state)
+    assert policy_service.requests == 1
+    decisions = sorted(policed.cluster.history_dir.glob("*-provision-policy/policy-decision.json"))
+    decision = json.loads(decisions[-1].read_text())
+    assert decision["allowed"] is True and decision["source"] == f"service {policy_service.url}"
+
+
+def test_denied_request_touches_nothing(policed: Env, policy_service):
+    policy_service.set_mode("deny")
+    before = [n.connections() for n in policed.lab.nodes]
+    state = policed.provision()
+    assert state.is_failed()
+    assert "policy denied" in failure_message(state)
+    untouched(policed, before)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "needle"),
+    [
+        ("error500", {}, "500"),
+        ("slow", {"delay": 5}, "timed out"),
+        ("refused", {}, "connect"),
+        ("malformed", {}, "JSON"),
+        ("wrong-content-type", {}, "content type"),
+        ("untrusted-cert", {}, "TLS"),
+    ],
+)
+def test_faults_fail_before_any_node_is_touched(
+    policed: Env, policy_service, mode, options, needle
+):
+    policy_service.set_mode(mode, **options)
+    before = [n.connections() for n in policed.lab.nodes]
+    state = policed.provision()
+    assert state.is_failed()
+    message = failure_message(state)
+    assert needle.lower() in message.lower(), message
+    assert TOKEN not in message
+    untouched(policed, before)
+
+
+def test_built_in_rules_apply_without_a_block(env: Env):
+    spec = env.spec().model_copy(update={"network_plugin": "none"})
+    before = [n.connections() for n in env.lab.nodes]
+    state = env.provision(spec)
+    assert state.is_failed()
+    assert "built-in" in failure_message(state) and "network" in failure_message(state)
+    untouched(env, before)
