@@ -11,7 +11,9 @@ COPY tasks ./tasks
 COPY blocks ./blocks
 COPY deployments ./deployments
 COPY lab ./lab
-RUN pip install --no-cache-dir --prefix=/install .
+# Installs this project (dependencies pinned in pyproject.toml).
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --prefix=/install ".[kubernetes-worker]"
 
 FROM python:3.11.10-slim-bookworm
 ARG RKE_VERSION=v1.6.3
@@ -29,10 +31,13 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/cluster-mgmt clu
 ENV PREFECT_HOME=/home/cluster-mgmt/.prefect \
     DO_NOT_TRACK=1 \
     PYTHONUNBUFFERED=1
-VOLUME ["/var/lib/cluster-mgmt"]
+# The state volume is mounted at /var/lib/cluster-mgmt by the work pool (no VOLUME here: an
+# anonymous volume would silently stand in for a missing mount and lose cluster state).
 USER 10001
 WORKDIR /home/cluster-mgmt
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
-ENTRYPOINT ["prefect", "worker", "start", "--with-healthcheck", "--install-policy", "never"]
-CMD ["--pool", "cluster-mgmt", "--type", "process"]
+# A CMD, not an ENTRYPOINT: Docker and Kubernetes jobs run flow runs in this image with their
+# own command.
+CMD ["prefect", "worker", "start", "--with-healthcheck", "--install-policy", "never", \
+     "--pool", "cluster-mgmt", "--type", "process"]
