@@ -10,7 +10,8 @@ MASK = "********"
 _PATTERNS = [
     # PEM private keys (and anything else PEM-armoured that calls itself a key)
     re.compile(
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.DOTALL
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
+        re.DOTALL,
     ),
     # kubeconfig and rkestate fields that carry credentials
     re.compile(

@@ -6,7 +6,6 @@ refused, 4 unknown cluster or deployment.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ def _errors() -> Iterator[None]:
 
 
 def _start(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
-    from deployments.client import FAILED, follow, run_result, run_url, trigger
+    from deployments.client import FAILED, follow, run_url, trigger
 
     with _errors():
         run = trigger(deployment, parameters)
@@ -65,8 +64,7 @@ def _start(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
             typer.echo(f"[{elapsed:6.1f}s] {current.state.name}", err=True)
 
         final = follow(run.id, show)
-    result = run_result(final)
-    typer.echo(json.dumps(result, default=str) if isinstance(result, dict) else str(result))
+    typer.echo(f"{final.state.name}: {final.state.message or ''}")
     if not final.state.is_completed():
         raise typer.Exit(FAILED)
 

@@ -84,14 +84,6 @@ def follow(run_id: UUID, on_change: Callable[[FlowRun], None], poll: float = 1.0
         time.sleep(poll)
 
 
-def run_result(run: FlowRun) -> Any:
-    """The run's (small, secret-free) result, or its failure message."""
-    try:
-        return run.state.result(raise_on_failure=False) if run.state else None
-    except Exception as exc:  # noqa: BLE001 - results may be unavailable; say so
-        return f"(result unavailable: {exc})"
-
-
 def cluster_artifacts(environment: str | None = None, name: str | None = None) -> list[Any]:
     """Latest status artifact of each cluster (or of one cluster)."""
     prefix = f"cluster-{environment}-" if environment else "cluster-"

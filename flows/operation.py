@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from cluster_mgmt.redact import redact
-from cluster_mgmt.state import ClusterState, StateVolume
+from cluster_mgmt.state import ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 
@@ -17,15 +18,18 @@ def current_run_id() -> str:
     return str(flow_run.id or "local")
 
 
-def summary(cluster: ClusterState) -> dict[str, str]:
-    """The small, secret-free result every flow returns."""
-    status = cluster.read_status()
-    return {
+def finished(cluster: ClusterState, status: Status | None = None, **extra: str) -> State:
+    """The run's final state: a small, secret-free summary as its result, and as its message
+    so that API clients see it without result persistence."""
+    status = status or cluster.read_status()
+    result = {
         "environment": cluster.environment,
         "name": cluster.name,
         "phase": status.phase if status else "PENDING",
         "message": status.message if status else "",
+        **extra,
     }
+    return Completed(message=redact(f"{result['phase']}: {result['message']}"), data=result)
 
 
 @contextmanager

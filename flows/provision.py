@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
@@ -10,7 +11,7 @@ from cluster_mgmt.preflight import NodeTarget, load_private_key
 from cluster_mgmt.redact import register_secret
 from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
-from flows.operation import cluster_operation, current_run_id, summary
+from flows.operation import cluster_operation, current_run_id, finished
 from tasks.policy import validate_policy
 from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
@@ -33,7 +34,7 @@ def provision_cluster(
     state_volume: str = "default",
     rke_settings: str = "default",
     policy: str = "default",
-) -> dict[str, str]:
+) -> State:
     """Create an RKE cluster on the spec's nodes and keep its state on the state volume.
 
     Policy first: a denied request touches no node and writes nothing on the volume.
@@ -78,7 +79,7 @@ def provision_cluster(
         cluster.ensure_state_intact()
         if status and status.phase == "READY" and status.spec_hash == spec_hash:
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)
-            return summary(cluster)
+            return finished(cluster)
         cluster.write_status("PROVISIONING", "provision", run_id, "checking nodes", spec_hash)
         update_cluster_artifact(cluster)
 
@@ -118,4 +119,4 @@ def provision_cluster(
             {"kubernetes_version": spec.kubernetes_version, "nodes": len(spec.nodes or [])},
         )
         logger.info("Cluster %s is READY", spec.cluster_name)
-        return summary(cluster)
+        return finished(cluster)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import yaml
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
 from cluster_mgmt.preflight import NodeTarget, load_private_key
 from cluster_mgmt.redact import register_secret
 from cluster_mgmt.spec import ClusterName, Environment
-from flows.operation import cluster_operation, current_run_id, summary
+from flows.operation import cluster_operation, current_run_id, finished
 from tasks.policy import validate_policy
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
@@ -36,7 +37,7 @@ def teardown_cluster(
     state_volume: str = "default",
     rke_settings: str = "default",
     policy: str = "default",
-) -> dict[str, str]:
+) -> State:
     """Remove a cluster from its nodes with `rke remove --force` and archive its state.
 
     Unreachable nodes do not stop the teardown (RKE skips them); a node whose host key
@@ -96,8 +97,8 @@ def teardown_cluster(
 
         cluster.write_status("DELETED", "teardown", run_id, outcome.summary)
         update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
-        result = summary(cluster)
+        status = cluster.read_status()
         archived = cluster.archive()
         emit_cluster_event(cluster, "cluster.deleted", {"archive": archived.name})
         logger.info("Cluster %s/%s removed; state archived at %s", environment, name, archived)
-        return {**result, "archive": str(archived)}
+        return finished(cluster, status, archive=str(archived))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -190,15 +191,15 @@ def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
     assert env.provision().is_completed()
     # an interrupted run left FAILED: the next provision runs rke up again, slowly
     env.cluster.write_status("FAILED", "provision", "earlier-run", "interrupted")
-    env.fault(slow_state_write=True)
+    env.fault(slow_state_write=True, pause_at="worker", pause_seconds=60)
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.setdefault("state", env.provision()))
     runner.start()
     deadline = time.monotonic() + 30
     killed = False
     while not killed and time.monotonic() < deadline:
-        for pid in _rke_pids():
-            time.sleep(0.3)  # let it get into the (slow) state write
+        for pid in _rke_pids(env.root):
+            time.sleep(random.Random(9).uniform(0.2, 2.5))  # mid-write or later: old or new
             os.kill(pid, signal.SIGKILL)
             killed = True
         time.sleep(0.02)
@@ -212,15 +213,18 @@ def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
     assert_parses(env.cluster)
 
 
-def _rke_pids() -> list[int]:
+def _rke_pids(root: Path) -> list[int]:
+    """`rke up` processes running in a staging directory under `root` (ours, no one else's)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                cwd = (proc / "cwd").resolve()
             except OSError:
                 continue
-            if any(part.endswith(b"lab-rke") for part in cmd[:2]) and b"up" in cmd:
+            ours = cwd.is_relative_to(root) and cwd.name.startswith(".staging-")
+            if ours and any(part.endswith(b"lab-rke") for part in cmd[:2]) and b"up" in cmd:
                 pids.append(int(proc.name))
     return pids
 

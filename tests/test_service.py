@@ -151,7 +151,7 @@ def test_create_is_asynchronous_and_wait_follows_the_run(service, lab_nodes):
 
     waited = cli("create", "--spec", str(spec_file), "--wait", timeout=240)
     assert waited.returncode == 0, waited.stderr + waited.stdout
-    assert json.loads(waited.stdout.splitlines()[-1])["phase"] == "READY"
+    assert waited.stdout.splitlines()[-1].startswith("Completed: READY")
     status = cli("status", "svc", spec["name"])
     assert status.returncode == 0 and "READY" in status.stdout
     listed = cli("list", "--environment", "svc")
