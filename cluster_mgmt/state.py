@@ -427,8 +427,8 @@ class ClusterState:
         return (
             (status is not None and status.rke_state_written)
             or (self.dir / KUBECONFIG).exists()
-            or (self.dir / RKESTATE).exists()
-            or any((entry / RKESTATE).exists() for entry in self._history_entries())
+            or (self.dir / RKESTATE).exists()  # only a valid one is ever promoted here
+            or self._newest_history_state() is not None
         )
 
     def ensure_state_intact(self) -> None:
@@ -539,11 +539,13 @@ class ClusterState:
         finally:
             self.last_promotion = self._promote_and_discard(stage)
 
-    def promote(self, staging: Path) -> Promotion:
+    def promote(self, staging: Path, *, checkpoint: bool = False) -> Promotion:
         """Promote the RKE files in ``staging`` that parse; keep rejected ones in history.
 
         Files missing from staging are left alone in the cluster directory: state is never
-        deleted. Safe to repeat (a promotion interrupted by a kill is simply redone).
+        deleted. Safe to repeat (a promotion interrupted by a kill is simply redone). A
+        ``checkpoint`` during the run (RKE just said it wrote a file) promotes what parses
+        and ignores the rest: RKE may be rewriting it.
         """
         staging = Path(staging)
         match = _STAGING.fullmatch(staging.name)
@@ -552,18 +554,18 @@ class ClusterState:
         operation = match.group(1)
         staged = {n: d for n in RKE_FILES if (d := _read_bytes(staging / n)) is not None}
         rejected = {n: d for n, d in staged.items() if not _VALIDATORS[n](d)}
-        if rejected:
+        if rejected and not checkpoint:
             self._write_history(f"{operation}{REJECTED_SUFFIX}", rejected)
-        if RKESTATE in staged:
+        if RKESTATE in staged and RKESTATE not in rejected:
             self.mark_rke_state_written()
         promoted = []
         for name, data in staged.items():
             if name not in rejected and data != _read_bytes(self.dir / name):
                 atomic_write(self.dir / name, data, FILE_MODE)
                 promoted.append(name)
-        if promoted:
+        if promoted and not checkpoint:
             self._snapshot(f"{operation}{PROMOTED_SUFFIX}")
-        return Promotion(promoted=promoted, rejected=list(rejected))
+        return Promotion(promoted=promoted, rejected=[] if checkpoint else list(rejected))
 
     def _promote_and_discard(self, staging: Path) -> Promotion:
         promotion = self.promote(staging)

@@ -167,8 +167,9 @@ class EmbeddedWorker:
             )
         return self
 
-    def stop(self) -> None:
-        _stop(self.process)
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the worker and the flow runs it started (grace 0: SIGKILL at once)."""
+        _stop(self.process, grace)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -181,9 +182,9 @@ def _stop(process: subprocess.Popen | None, grace: float = 15.0) -> None:
     """SIGTERM a process group we started; SIGKILL it if it lingers."""
     if process is None or process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM if grace else signal.SIGKILL)
     try:
-        process.wait(timeout=grace)
+        process.wait(timeout=grace or 5)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=5)

@@ -10,6 +10,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
 LOCK_WAIT_SECONDS = 4 * 3600
+LEASE_SECONDS = 60  # renewed while held; a killed holder frees the cluster within ~75 s
 
 
 def cluster_lock_name(environment: str, name: str) -> str:
@@ -29,5 +30,7 @@ def cluster_lock(
             client.upsert_global_concurrency_limit_by_name(lock, limit=1)
         except ObjectAlreadyExists:
             pass  # a concurrent run created it between our read and our create
-    with concurrency(lock, occupy=1, strict=True, timeout_seconds=timeout_seconds):
+    with concurrency(
+        lock, occupy=1, strict=True, timeout_seconds=timeout_seconds, lease_duration=LEASE_SECONDS
+    ):
         yield

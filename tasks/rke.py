@@ -13,6 +13,7 @@ from cluster_mgmt.keyfile import private_key_file
 from cluster_mgmt.rke_config import with_key_path
 from cluster_mgmt.state import ClusterState
 
+WROTE_FILE = ("Successfully Deployed state file at", "Successfully Deployed local admin kubeconfig")
 LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -65,10 +66,14 @@ def run_rke(
     """
     logger = get_run_logger()
 
-    def log_line(level: str, message: str) -> None:
-        logger.log(LEVELS.get(level, logging.INFO), "rke: %s", message)
-
     with private_key_file(private_key) as key_path, cluster.staging(operation) as stage:
+
+        def log_line(level: str, message: str) -> None:
+            logger.log(LEVELS.get(level, logging.INFO), "rke: %s", message)
+            if message.startswith(WROTE_FILE):
+                # RKE rewrites its state in place later in the run; keep each complete write
+                cluster.promote(stage, checkpoint=True)
+
         (stage / "cluster.yml").write_text(with_key_path(config_text, key_path))
         (stage / "cluster.yml").chmod(0o600)
         run = {"up": driver.up, "remove": driver.remove}[operation]

@@ -21,6 +21,7 @@ class Env:
 
     def __init__(self, tmp_path: Path, lab, rke: str, monkeypatch: pytest.MonkeyPatch) -> None:
         self.lab = lab
+        self.rke = rke
         self.tag = uuid.uuid4().hex[:8]
         self.root = tmp_path / "state"
         self.blocks = {

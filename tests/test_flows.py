@@ -24,6 +24,8 @@ from prefect.client.schemas.filters import (
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
+from blocks import ClusterStateVolume, RkeSettings
+from flows.provision import provision_cluster
 from tests.flowenv import Env, failure_message
 
 LAB_FIRST_ADDRESS = 20
@@ -250,3 +252,49 @@ def test_no_secret_in_logs_results_or_artifacts(env: Env):
     for chunk in chunks:
         assert chunk not in text
     assert "PRIVATE KEY" not in text
+
+
+def test_missing_block_names_itself_and_how_to_create_it(env: Env):
+    state = provision_cluster(
+        spec=env.spec(), **{**env.blocks, "ssh_access": "nope"}, return_state=True
+    )
+    assert state.is_failed()
+    assert "block node-ssh-access/nope does not exist" in failure_message(state)
+    assert "cluster-mgmt bootstrap" in failure_message(state)
+    assert not env.root.exists()
+
+
+def test_missing_rke_binary_and_unwritable_root_fail_before_side_effects(env: Env, tmp_path: Path):
+    RkeSettings(binary=str(tmp_path / "no-rke")).save(env.blocks["rke_settings"], overwrite=True)
+    before = env.logins()
+    state = env.provision()
+    assert state.is_failed() and "rke-settings.binary" in failure_message(state)
+    assert env.logins() == before and not env.root.exists()
+
+    RkeSettings(binary=env.rke).save(env.blocks["rke_settings"], overwrite=True)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ClusterStateVolume(root=str(blocker / "state")).save(env.blocks["state_volume"], overwrite=True)
+    state = env.provision()
+    assert state.is_failed() and "not writable" in failure_message(state)
+    assert env.logins() == before
+
+
+def test_lifecycle_events_reach_the_api(env: Env):
+    assert env.provision().is_completed()
+    env.fault(fail_at="init")
+    env.cluster.write_status("FAILED", "provision", "earlier-run", "interrupted")
+    assert env.provision().is_failed()
+    env.fault()
+    assert env.teardown().is_completed()
+    EventsWorker.drain_all(timeout=10)
+    resource = f"cluster-mgmt.cluster.test.{env.name}"
+    body = {"filter": {"resource": {"id": [resource]}}, "limit": 50}
+    deadline = time.monotonic() + 20
+    seen: set[str] = set()
+    while time.monotonic() < deadline and len(seen) < 3:
+        with get_client(sync_client=True) as client:
+            response = client.request("POST", "/events/filter", json=body)
+        seen = {e["event"] for e in response.json()["events"]}
+        time.sleep(0.5)
+    assert {"cluster.provisioned", "cluster.operation.failed", "cluster.deleted"} <= seen

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,11 +114,16 @@ def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
     ]
     first = cli(*args)
     assert first.returncode == 0, first.stderr
+    faults = home / "faults.json"
     worker = EmbeddedWorker(
-        home=home / "worker", api_url=prefect_server.api_url, auth_string=AUTH_STRING, pool=pool
+        home=home / "worker",
+        api_url=prefect_server.api_url,
+        auth_string=AUTH_STRING,
+        pool=pool,
+        extra_env={"LAB_RKE_FAULTS": str(faults)},
     )
     with worker:
-        yield {"home": home, "args": args, "first": first, "worker": worker}
+        yield {"home": home, "args": args, "first": first, "worker": worker, "faults": faults}
 
 
 def test_bootstrap_is_idempotent_and_never_prints_the_key(service, lab_nodes):
@@ -197,3 +204,71 @@ def test_failed_run_gives_exit_code_1(service, lab_nodes):
     result = cli("create", "--spec", str(spec_file), "--wait", timeout=240)
     assert result.returncode == 1
     assert "v1.18.3-rancher1-1" in result.stdout + result.stderr
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants (flow runs live in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    doomed, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        doomed.append(pid)
+        queue.extend(children.get(pid, []))
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _spec_file(service, lab_nodes, name: str) -> Path:
+    roles = [["controlplane", "etcd"], ["worker"], ["worker"]]
+    nodes = [
+        {"address": n.address, "port": n.port, "roles": r}
+        for n, r in zip(lab_nodes.nodes, roles, strict=True)
+    ]
+    path = service["home"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"environment": "svc", "name": name, "nodes": nodes}))
+    return path
+
+
+def test_worker_killed_mid_run_leaves_state_whole_and_a_rerun_converges(service, lab_nodes):
+    from cluster_mgmt.state import StateVolume
+
+    name = f"k{uuid.uuid4().hex[:6]}"
+    cluster = StateVolume(service["home"] / "state").cluster("svc", name)
+    spec_file = _spec_file(service, lab_nodes, name)
+    service["faults"].write_text(json.dumps({"slow_state_write": 2, "pause_at": "worker"}))
+    try:
+        assert cli("create", "--spec", str(spec_file)).returncode == 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status = cluster.read_status()
+            if (
+                status
+                and status.message == "running rke up"
+                and list(cluster.dir.glob(".staging-*/cluster.rkestate"))
+            ):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the run never reached rke up")
+        time.sleep(1)  # inside rke's slow state write
+        kill_tree(service["worker"].process.pid)  # as if the machine died mid-run
+    finally:
+        service["faults"].write_text("{}")
+        service["worker"].process.wait(timeout=10)
+        service["worker"].start()
+    for file in ("cluster.rkestate", "kube_config_cluster.yml", "cluster.yml"):
+        text = cluster.read_text(file)
+        if text is not None:
+            (json.loads if file.endswith("rkestate") else yaml.safe_load)(text)
+    assert cluster.read_status().phase in ("PROVISIONING", "FAILED")
+    rerun = cli("create", "--spec", str(spec_file), "--wait", timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert cluster.read_status().phase == "READY"
+    assert not list(cluster.dir.glob(".staging-*"))

@@ -591,12 +591,25 @@ def test_ensure_state_intact_after_rkestate_deleted(cluster: ClusterState) -> No
         cluster.ensure_state_intact()
 
 
-def test_truncated_first_state_blocks_a_rerun(cluster: ClusterState) -> None:
+def test_first_state_torn_before_any_complete_write_may_start_afresh(cluster: ClusterState) -> None:
+    # RKE writes its first state before deploying anything: torn, nothing reached a node.
     with cluster.staging("up") as stage:
         (stage / "cluster.rkestate").write_text(rkestate(1)[:50])
     assert not (cluster.dir / "cluster.rkestate").exists()
-    with pytest.raises(StateMissingError, match="is missing"):
-        cluster.ensure_state_intact()
+    assert not cluster.rke_state_written()
+    cluster.ensure_state_intact()
+
+
+def test_checkpoint_keeps_the_first_write_when_the_second_is_torn(cluster: ClusterState) -> None:
+    with cluster.staging("up") as stage:
+        (stage / "cluster.rkestate").write_text(rkestate(1))
+        assert cluster.promote(stage, checkpoint=True).promoted == ["cluster.rkestate"]
+        (stage / "cluster.rkestate").write_text(rkestate(2)[:50])  # killed mid-rewrite
+        assert cluster.promote(stage, checkpoint=True).rejected == []
+    assert cluster.read_text("cluster.rkestate") == rkestate(1)
+    assert cluster.last_promotion.rejected == ["cluster.rkestate"]
+    assert cluster.rke_state_written()
+    cluster.ensure_state_intact()
 
 
 # -- history ----------------------------------------------------------------------------------
