@@ -63,7 +63,7 @@ def _start(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
             elapsed = time.monotonic() - started
             typer.echo(f"[{elapsed:6.1f}s] {current.state.name}", err=True)
 
-        final = follow(run.id, show)
+        final = follow(run.id, show, lambda line: typer.echo(f"    {line}", err=True))
     typer.echo(f"{final.state.name}: {final.state.message or ''}")
     if not final.state.is_completed():
         raise typer.Exit(FAILED)

@@ -10,8 +10,14 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
@@ -70,12 +76,27 @@ def trigger(deployment: str, parameters: dict[str, Any]) -> FlowRun:
         return client.create_flow_run_from_deployment(found.id, parameters=parameters)
 
 
-def follow(run_id: UUID, on_change: Callable[[FlowRun], None], poll: float = 1.0) -> FlowRun:
-    """Poll a run until it is final, calling `on_change` whenever its state changes."""
-    last = None
+def follow(
+    run_id: UUID,
+    on_change: Callable[[FlowRun], None],
+    on_log: Callable[[str], None] | None = None,
+    poll: float = 1.0,
+) -> FlowRun:
+    """Poll a run until it is final: `on_change` at each state change, `on_log` for each of its
+    log lines (already redacted by the flow)."""
+    last, seen = None, 0
     while True:
         with api() as client:
             run = client.read_flow_run(run_id)
+            if on_log:
+                logs = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                    sort=LogSort.TIMESTAMP_ASC,
+                    offset=seen,
+                )
+                seen += len(logs)
+                for log in logs:
+                    on_log(log.message)
         if run.state and (run.state.type, run.state.name) != last:
             last = (run.state.type, run.state.name)
             on_change(run)
