@@ -106,17 +106,32 @@ def delete(environment: str, name: str, wait: Wait = False) -> None:
 
 
 @app.command()
-def status(environment: str, name: str) -> None:
-    """Show a cluster's status (its `cluster-<env>-<name>` artifact)."""
-    from deployments.client import NOT_FOUND, cluster_artifacts
+def status(
+    environment: Annotated[
+        str | None, typer.Argument(help="Environment (omit to list all).")
+    ] = None,
+    name: Annotated[str | None, typer.Argument(help="Cluster name.")] = None,
+) -> None:
+    """Show a cluster's status: its `cluster-<env>-<name>` artifact, and its status.json when
+    the state volume is mounted here. Without arguments, list all clusters."""
+    from deployments.client import NOT_FOUND, USAGE, cluster_artifacts, local_status
 
+    if environment is None:
+        list_clusters(None)
+        return
+    if name is None:
+        raise _fail("give both ENVIRONMENT and NAME, or neither", USAGE)
     with _errors():
         found = cluster_artifacts(environment, name)
-    if not found:
+        on_volume = local_status(environment, name)
+    if not found and on_volume is None:
         raise _fail(
             f"unknown cluster {environment}/{name}; `cluster-mgmt list` shows them", NOT_FOUND
         )
-    typer.echo(found[0].data)
+    if found:
+        typer.echo(found[0].data)
+    if on_volume is not None:
+        typer.echo(f"\nstatus.json: {on_volume.to_json()}")
 
 
 @app.command(name="list")

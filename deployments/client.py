@@ -21,6 +21,8 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
+from cluster_mgmt.state import Status
+
 # Exit codes a script can rely on.
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -126,3 +128,20 @@ def secret_block_value(name: str) -> str | None:
             return Secret.load(name).get()
         except ValueError:
             return None
+
+
+def local_status(environment: str, name: str) -> Status | None:
+    """status.json of a cluster, when the default state volume is mounted on this machine."""
+    from blocks import ClusterStateVolume
+
+    with api():
+        try:
+            volume = ClusterStateVolume.load("default").volume()
+        except ValueError:
+            return None
+    if not volume.root.is_dir():
+        return None
+    try:
+        return volume.cluster(environment, name).read_status()
+    except ValueError:  # not a valid environment/name: there is no such cluster
+        return None

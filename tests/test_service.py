@@ -160,7 +160,8 @@ def test_create_is_asynchronous_and_wait_follows_the_run(service, lab_nodes):
     assert waited.returncode == 0, waited.stderr + waited.stdout
     assert waited.stdout.splitlines()[-1].startswith("Completed: READY")
     status = cli("status", "svc", spec["name"])
-    assert status.returncode == 0 and "READY" in status.stdout
+    assert status.returncode == 0 and "READY" in status.stdout and "status.json" in status.stdout
+    assert cli("status", "svc", "../../etc").returncode == 4
     listed = cli("list", "--environment", "svc")
     assert spec["name"] in listed.stdout
 
