@@ -5,6 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogWorker
 from pydantic import SecretStr
 
 from blocks import PolicyService as PolicyBlock
@@ -48,6 +56,26 @@ def test_allowed_request_is_provisioned_and_the_decision_kept(policed: Env, poli
     decisions = sorted(policed.cluster.history_dir.glob("*-provision-policy/policy-decision.json"))
     decision = json.loads(decisions[-1].read_text())
     assert decision["allowed"] is True and decision["source"] == f"service {policy_service.url}"
+
+
+def test_the_token_never_reaches_logs_results_or_artifacts(policed: Env, policy_service):
+    policy_service.set_mode("deny")
+    state = policed.provision()
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        run_id = state.state_details.flow_run_id
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+        run = client.read_flow_run(run_id)
+    assert logs and artifacts
+    text = "".join(log.message for log in logs) + "".join(
+        f"{a.data}{a.description}" for a in artifacts
+    )
+    text += f"{run.state.message}{run.parameters}{failure_message(state)}"
+    assert "denied" in text
+    assert TOKEN not in text
 
 
 def test_denied_request_touches_nothing(policed: Env, policy_service):
