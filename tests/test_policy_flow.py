@@ -118,3 +118,15 @@ def test_built_in_rules_apply_without_a_block(env: Env):
     assert state.is_failed()
     assert "built-in" in failure_message(state) and "network" in failure_message(state)
     untouched(env, before)
+
+
+def test_teardown_is_validated_too(policed: Env, policy_service):
+    assert policed.provision().is_completed()
+    policy_service.set_mode("deny")
+    before = [n.connections() for n in policed.lab.nodes]
+    state = policed.teardown()
+    assert state.is_failed() and "policy denied" in failure_message(state)
+    assert [n.connections() for n in policed.lab.nodes] == before
+    assert policed.cluster.read_status().phase == "READY"
+    policy_service.set_mode("normal")
+    assert policed.teardown().is_completed()
