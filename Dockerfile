@@ -10,7 +10,6 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY blocks ./blocks
 COPY deployments ./deployments
-COPY lab ./lab
 # Installs this project (dependencies pinned in pyproject.toml).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir --prefix=/install ".[kubernetes-worker]"

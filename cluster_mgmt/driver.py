@@ -77,6 +77,11 @@ def parse_line(line: str) -> tuple[str, str]:
     return "info", line
 
 
+def _child_environment() -> dict[str, str]:
+    """The worker's environment minus Prefect's settings (the API token among them)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
+
 def _unquote(text: str) -> str:
     """Undo Go's %q escaping of a logrus message."""
     escapes = {"n": "\n", "t": "\t", "r": "\r"}
@@ -163,7 +168,7 @@ class RkeDriver:
         process = subprocess.Popen(
             command,
             cwd=cwd,
-            env={**os.environ, **self.env},
+            env={**_child_environment(), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -185,7 +190,7 @@ class RkeDriver:
             _kill_group(process)
             raise
         finally:
-            reader.join(timeout=5)
+            reader.join()  # the group is dead or done: its output ends; checkpoints finish
             result.duration_seconds = time.monotonic() - started
         if result.exit_code != 0 and result.error is None:
             result.error = result.last_message or f"rke {args[0]} exited with {result.exit_code}"

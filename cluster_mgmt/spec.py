@@ -29,7 +29,7 @@ class SpecError(ValueError):
 
 
 def _environment(value: str) -> str:
-    if not ENVIRONMENT_RE.match(value):
+    if not ENVIRONMENT_RE.fullmatch(value):
         raise ValueError(
             f"environment {value!r} must be 1-20 lowercase letters and digits (no dashes)"
         )
@@ -37,7 +37,7 @@ def _environment(value: str) -> str:
 
 
 def _cluster_name(value: str) -> str:
-    if len(value) > 40 or not DNS_LABEL_RE.match(value):
+    if len(value) > 40 or not DNS_LABEL_RE.fullmatch(value):
         raise ValueError(
             f"name {value!r} must be a DNS-1123 label of at most 40 characters: lowercase "
             "letters, digits and '-', starting and ending with a letter or digit"
@@ -58,7 +58,7 @@ def _check_host(value: str, field: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         pass
-    if not HOSTNAME_RE.match(value) or value.replace(".", "").isdigit():
+    if not HOSTNAME_RE.fullmatch(value) or value.replace(".", "").isdigit():
         raise ValueError(
             f"{field} {value!r} is neither an IP address nor a hostname; "
             "use letters, digits, dashes and dots only"
@@ -68,9 +68,9 @@ def _check_host(value: str, field: str) -> str:
 
 def _check_label_key(key: str) -> None:
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN_RE.match(prefix)):
+    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(prefix)):
         raise ValueError(f"label key {key!r}: the prefix must be a lowercase DNS subdomain")
-    if not LABEL_NAME_RE.match(name):
+    if not LABEL_NAME_RE.fullmatch(name):
         raise ValueError(
             f"label key {key!r}: the name must be 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
@@ -95,7 +95,7 @@ class Taint(_Strict):
     @field_validator("value")
     @classmethod
     def _value(cls, value: str) -> str:
-        if value and not LABEL_NAME_RE.match(value):
+        if value and not LABEL_NAME_RE.fullmatch(value):
             raise ValueError(f"taint value {value!r} is not a valid label value")
         return value
 
@@ -133,7 +133,7 @@ class NodeSpec(_Strict):
     @field_validator("hostname_override")
     @classmethod
     def _hostname_override(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 253 or not DNS_SUBDOMAIN_RE.match(value)):
+        if value is not None and (len(value) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(value)):
             raise ValueError(
                 f"hostname_override {value!r} must be a lowercase DNS subdomain "
                 "(letters, digits, '-' and '.')"
@@ -152,7 +152,7 @@ class NodeSpec(_Strict):
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
             _check_label_key(key)
-            if value and not LABEL_NAME_RE.match(value):
+            if value and not LABEL_NAME_RE.fullmatch(value):
                 raise ValueError(
                     f"label {key}={value!r}: values are at most 63 letters, digits, '-', '_' "
                     "or '.', starting and ending with a letter or digit"
@@ -236,7 +236,7 @@ class ClusterSpec(_Strict):
     @field_validator("kubernetes_version")
     @classmethod
     def _version(cls, value: str | None) -> str | None:
-        if value is not None and not KUBERNETES_VERSION_RE.match(value):
+        if value is not None and not KUBERNETES_VERSION_RE.fullmatch(value):
             raise ValueError(
                 f"kubernetes_version {value!r} is not an RKE version such as 'v1.30.5-rancher1-1'"
             )

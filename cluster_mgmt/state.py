@@ -143,11 +143,9 @@ class Status:
         doc = json.loads(text)
         if not isinstance(doc, dict):
             raise ValueError("status record is not a JSON object")  # noqa: TRY004
-        unknown = set(doc) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown status fields {sorted(unknown)}")
+        known = {f.name for f in fields(cls)}  # fields added by newer releases are ignored
         try:
-            return cls(**doc)
+            return cls(**{k: v for k, v in doc.items() if k in known})
         except TypeError as exc:
             raise ValueError(f"incomplete status record: {exc}") from exc
 
@@ -197,11 +195,18 @@ def _load_yaml(data: bytes) -> Any:
 
 
 def _is_rkestate(data: bytes) -> bool:
-    """RKE state: a JSON object with a ``desiredState`` or ``currentState`` object."""
+    """RKE state that still holds the cluster's CA: without it, rke would mint a new one."""
     doc = _load_json(data)
-    return isinstance(doc, dict) and any(
-        isinstance(doc.get(key), dict) for key in ("desiredState", "currentState")
-    )
+    if not isinstance(doc, dict):
+        return False
+    for key in ("desiredState", "currentState"):
+        bundle = (
+            doc.get(key, {}).get("certificatesBundle") if isinstance(doc.get(key), dict) else None
+        )
+        ca = bundle.get("kube-ca") if isinstance(bundle, dict) else None
+        if isinstance(ca, dict) and "BEGIN CERTIFICATE" in str(ca.get("certificatePEM", "")):
+            return True
+    return False
 
 
 def _is_yaml_mapping(data: bytes) -> bool:

@@ -14,12 +14,12 @@ from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
-from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
+from blocks import ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
 from cluster_mgmt.preflight import load_private_key
 
 HERE = Path(__file__).resolve().parent
 PREFECT_YAML = HERE / "prefect.yaml"
-BLOCK_TYPES = (ClusterStateVolume, NodeSshAccess, RkeSettings)
+BLOCK_TYPES = (ClusterStateVolume, NodeSshAccess, RkeSettings, PolicyService)
 
 
 @dataclass

@@ -1,17 +1,64 @@
-"""What every mutating flow does around its work: locks, status, failure reporting."""
+"""What every mutating flow does around its work: settings, locks, status, failure reporting."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from cluster_mgmt.redact import redact
+from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
+from blocks.loading import load_block
+from cluster_mgmt.driver import RkeDriver
+from cluster_mgmt.preflight import load_private_key
+from cluster_mgmt.redact import RedactingFilter, redact, register_secret
 from cluster_mgmt.state import ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
-from tasks.reporting import emit_cluster_event, update_cluster_artifact
+from tasks.reporting import emit_event_for, update_cluster_artifact
+
+
+class RefusedError(RuntimeError):
+    """The operation was refused as asked (the cluster stays as it was); the message says why."""
+
+
+@dataclass
+class Settings:
+    """The blocks a flow runs with, checked before any side effect."""
+
+    rke: RkeSettings
+    access: NodeSshAccess
+    volume: StateVolume
+    driver: RkeDriver
+
+    @property
+    def private_key(self) -> str:
+        return self.access.private_key.get_secret_value()
+
+
+def install_redaction() -> None:
+    """Put the redaction filter on every logging handler (Prefect's API handler included)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+
+
+def load_settings(ssh_access: str, state_volume: str, rke_settings: str) -> Settings:
+    """Load the blocks and check what can be checked without touching a node or the volume."""
+    install_redaction()
+    rke = load_block(RkeSettings, rke_settings)
+    access = load_block(NodeSshAccess, ssh_access)
+    volume = load_block(ClusterStateVolume, state_volume).volume()
+    register_secret(access.private_key.get_secret_value())
+    load_private_key(access.private_key.get_secret_value())  # says what is wrong, not the key
+    driver = rke.driver()
+    driver.executable()
+    return Settings(rke, access, volume, driver)
 
 
 def current_run_id() -> str:
@@ -32,13 +79,29 @@ def finished(cluster: ClusterState, status: Status | None = None, **extra: str) 
     return Completed(message=redact(f"{result['phase']}: {result['message']}"), data=result)
 
 
+def report_failure(flow: Any, run: Any, state: State) -> None:
+    """Flow on_failure hook: `cluster.operation.failed` for every failed operation, including
+    those that stopped before touching the cluster (policy, blocks, bad input)."""
+    parameters = run.parameters or {}
+    spec = parameters.get("spec") or {}
+    environment = parameters.get("environment") or spec.get("environment", "default")
+    name = parameters.get("name") or spec.get("name")
+    if name:
+        emit_event_for(
+            environment,
+            name,
+            "cluster.operation.failed",
+            {"operation": flow.name, "message": redact(state.message or "")},
+        )
+
+
 @contextmanager
 def cluster_operation(
     volume: StateVolume, environment: str, name: str, operation: str
 ) -> Iterator[ClusterState]:
-    """Hold the cluster's Prefect limit and its volume lock; on failure record FAILED and tell.
+    """Hold the cluster's Prefect limit and its volume lock; on failure record FAILED.
 
-    A busy lock fails the operation without touching the cluster's status.
+    A busy lock or a refusal (RefusedError) leaves the cluster's status as it was.
     """
     run_id = current_run_id()
     with cluster_lock(environment, name):
@@ -47,13 +110,10 @@ def cluster_operation(
         with cluster.lock(operation, run_id):
             try:
                 yield cluster
+            except RefusedError:
+                raise
             except BaseException as exc:
                 message = redact(f"{operation} failed: {exc}")
                 cluster.write_status("FAILED", operation, run_id, message)
-                emit_cluster_event(
-                    cluster,
-                    "cluster.operation.failed",
-                    {"operation": operation, "message": message},
-                )
                 update_cluster_artifact(cluster)
                 raise

@@ -5,13 +5,17 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-from blocks.loading import load_block
-from cluster_mgmt.preflight import NodeTarget, load_private_key
-from cluster_mgmt.redact import register_secret
+from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
-from flows.operation import cluster_operation, current_run_id, finished
+from flows.operation import (
+    RefusedError,
+    cluster_operation,
+    current_run_id,
+    finished,
+    load_settings,
+    report_failure,
+)
 from tasks.policy import validate_policy
 from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
@@ -27,7 +31,7 @@ class ProvisionError(RuntimeError):
     """Provisioning stopped; the message says why and what to do."""
 
 
-@flow(name="provision-cluster")
+@flow(name="provision-cluster", on_failure=[report_failure])
 def provision_cluster(
     spec: ClusterSpec,
     ssh_access: str = "default",
@@ -47,35 +51,30 @@ def provision_cluster(
         policy: Name of the `policy-service` block; without one, the built-in rules apply.
     """
     logger = get_run_logger()
-    settings = load_block(RkeSettings, rke_settings)
-    access = load_block(NodeSshAccess, ssh_access)
-    volume = load_block(ClusterStateVolume, state_volume).volume()
-    private_key = access.private_key.get_secret_value()
-    register_secret(private_key)
-    load_private_key(private_key)  # a key that does not parse fails before any side effect
+    settings = load_settings(ssh_access, state_volume, rke_settings)
     spec = spec.with_version(
-        settings.supported_kubernetes_versions, settings.default_kubernetes_version
+        settings.rke.supported_kubernetes_versions, settings.rke.default_kubernetes_version
     )
-    driver = settings.driver()
-    driver.executable()
-    volume.check_usable()
     decision = validate_policy(
         policy, "rke-cluster", spec.environment, spec.name, spec.model_dump(mode="json")
     )
-    config = render_cluster_config(spec, ssh_user=access.user)
+    volume = settings.volume
+    volume.check_usable()
+    config = render_cluster_config(spec, ssh_user=settings.access.user)
     spec_hash = spec.spec_hash()
     run_id = current_run_id()
 
     with cluster_operation(volume, spec.environment, spec.name, "provision") as cluster:
+        cluster.record_decision("provision", decision.to_dict())
         status = cluster.read_status()
-        if status and status.rke_state_written and status.spec_hash != spec_hash:
+        previous_hash = status.spec_hash if status else None
+        if cluster.rke_state_written() and previous_hash != spec_hash:
             stored = cluster.read_text("cluster.yml") or ""
             changed = ", ".join(config_changes(stored, config)) or "settings outside cluster.yml"
-            raise ProvisionError(
+            raise RefusedError(
                 f"cluster {spec.environment}/{spec.name} exists with a different spec (changed: "
                 f"{changed}); provision again with the original spec, or use update-cluster"
             )
-        cluster.record_decision("provision", decision.to_dict())
         cluster.ensure_state_intact()
         if status and status.phase == "READY" and status.spec_hash == spec_hash:
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)
@@ -85,11 +84,11 @@ def provision_cluster(
 
         try:
             report = check_nodes(
-                node_targets(spec, access.user),
-                access,
+                node_targets(spec, settings.access.user),
+                settings.access,
                 cluster.read_text("known_hosts") or "",
                 spec.kubernetes_version,
-                settings.ignore_docker_version,
+                settings.rke.ignore_docker_version,
             )
         except NodesUnreachableError as exc:
             report = exc.report
@@ -104,7 +103,9 @@ def provision_cluster(
             raise ProvisionError(f"preflight failed, no node was changed: {reasons}")
 
         cluster.write_status("PROVISIONING", "provision", run_id, "running rke up", spec_hash)
-        outcome = run_rke(cluster, "up", dump_cluster_config(config), private_key, driver)
+        outcome = run_rke(
+            cluster, "up", dump_cluster_config(config), settings.private_key, settings.driver
+        )
         if not outcome.result.ok:
             update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
             raise ProvisionError(

@@ -6,12 +6,16 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-from blocks.loading import load_block
-from cluster_mgmt.preflight import NodeTarget, load_private_key
-from cluster_mgmt.redact import register_secret
+from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.spec import ClusterName, Environment
-from flows.operation import cluster_operation, current_run_id, finished
+from flows.operation import (
+    RefusedError,
+    cluster_operation,
+    current_run_id,
+    finished,
+    load_settings,
+    report_failure,
+)
 from tasks.policy import validate_policy
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
@@ -29,7 +33,7 @@ def _targets(config: dict, default_user: str) -> list[NodeTarget]:
     ]
 
 
-@flow(name="teardown-cluster")
+@flow(name="teardown-cluster", on_failure=[report_failure])
 def teardown_cluster(
     environment: Environment,
     name: ClusterName,
@@ -52,46 +56,39 @@ def teardown_cluster(
         policy: Name of the `policy-service` block; without one, the built-in rules apply.
     """
     logger = get_run_logger()
-    settings = load_block(RkeSettings, rke_settings)
-    access = load_block(NodeSshAccess, ssh_access)
-    volume = load_block(ClusterStateVolume, state_volume).volume()
-    private_key = access.private_key.get_secret_value()
-    register_secret(private_key)
-    load_private_key(private_key)
-    driver = settings.driver()
-    driver.executable()
+    settings = load_settings(ssh_access, state_volume, rke_settings)
+    decision = validate_policy(policy, "rke-cluster-teardown", environment, name, {})
+    volume = settings.volume
     volume.check_usable()
     if volume.cluster(environment, name).read_text("cluster.yml") is None:
         raise TeardownError(
             f"no cluster {environment}/{name} on the state volume {volume.root}; "
             "check the environment and name"
         )
-    decision = validate_policy(policy, "rke-cluster-teardown", environment, name, {})
     run_id = current_run_id()
 
     with cluster_operation(volume, environment, name, "teardown") as cluster:
         cluster.record_decision("teardown", decision.to_dict())
         config_text = cluster.read_text("cluster.yml") or ""
         config = yaml.safe_load(config_text)
-        cluster.write_status("DELETING", "teardown", run_id, "checking nodes")
-        update_cluster_artifact(cluster)
         report = check_nodes(
-            _targets(config, access.user),
-            access,
+            _targets(config, settings.access.user),
+            settings.access,
             cluster.read_text("known_hosts") or "",
             config.get("kubernetes_version", ""),
-            ignore_docker_version=True,
+            ignore_docker_version=settings.rke.ignore_docker_version,
             retry_unreachable=False,
         )
         refused = [n for n in report.failures if n.reachable]
         if refused:
             reasons = "; ".join(f"{n.address}: {n.error}" for n in refused)
-            raise TeardownError(f"preflight failed, nothing was removed: {reasons}")
+            raise RefusedError(f"preflight failed, nothing was removed: {reasons}")
         for node in report.failures:
             logger.warning("Node %s is unreachable; RKE will skip it: %s", node.address, node.error)
 
         cluster.write_status("DELETING", "teardown", run_id, "running rke remove")
-        outcome = run_rke(cluster, "remove", config_text, private_key, driver)
+        update_cluster_artifact(cluster, nodes=report.rows())
+        outcome = run_rke(cluster, "remove", config_text, settings.private_key, settings.driver)
         if not outcome.result.ok:
             raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
 

@@ -31,6 +31,13 @@ def cluster_lock(
         except ObjectAlreadyExists:
             pass  # a concurrent run created it between our read and our create
     with concurrency(
-        lock, occupy=1, strict=True, timeout_seconds=timeout_seconds, lease_duration=LEASE_SECONDS
+        lock,
+        occupy=1,
+        strict=True,
+        timeout_seconds=timeout_seconds,
+        lease_duration=LEASE_SECONDS,
+        # A brief API outage must not cancel a running `rke up`: the flock on the volume
+        # still keeps operations apart.
+        raise_on_lease_renewal_failure=False,
     ):
         yield

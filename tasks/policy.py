@@ -43,6 +43,8 @@ def validate_policy(
     try:
         block = load_block(PolicyService, policy)
     except BlockNotFoundError:
+        if policy != "default":
+            raise  # a mistyped name must not fall back to the built-in rules
         path = os.environ.get("CLUSTER_MGMT_POLICY_FILE")
         decision = load_rules(Path(path) if path else None).evaluate(kind, environment, name, spec)
     else:

@@ -21,10 +21,15 @@ def resource(environment: str, name: str) -> dict[str, str]:
     }
 
 
-def emit_cluster_event(cluster: ClusterState, event: str, payload: dict[str, Any]) -> None:
+def emit_event_for(environment: str, name: str, event: str, payload: dict[str, Any]) -> None:
     """Emit `event` (e.g. `cluster.provisioned`) on the cluster's resource."""
     clean = {k: redact(v) if isinstance(v, str) else v for k, v in payload.items()}
-    emit_event(event=event, resource=resource(cluster.environment, cluster.name), payload=clean)
+    emit_event(event=event, resource=resource(environment, name), payload=clean)
+
+
+def emit_cluster_event(cluster: ClusterState, event: str, payload: dict[str, Any]) -> None:
+    """Emit `event` on the resource of `cluster`."""
+    emit_event_for(cluster.environment, cluster.name, event, payload)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

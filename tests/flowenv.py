@@ -25,7 +25,7 @@ class Env:
         self.tag = uuid.uuid4().hex[:8]
         self.root = tmp_path / "state"
         self.blocks = {
-            "policy": f"policy-{self.tag}",
+            "policy": "default",  # no such block: the built-in rules
             "ssh_access": f"ssh-{self.tag}",
             "state_volume": f"vol-{self.tag}",
             "rke_settings": f"rke-{self.tag}",
@@ -71,19 +71,6 @@ class Env:
 
     def logins(self) -> list[int]:
         return [n.accepted_logins() for n in self.lab.nodes]
-
-
-@pytest.fixture
-def env(tmp_path, lab_nodes, lab_rke, monkeypatch) -> Env:
-    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch)
-
-
-def _message(state) -> str:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - we want the failure's text
-        return str(exc)
-    return ""
 
 
 def failure_message(state) -> str:

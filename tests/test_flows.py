@@ -26,6 +26,7 @@ from prefect.logging.handlers import APILogWorker
 
 from blocks import ClusterStateVolume, RkeSettings
 from flows.provision import provision_cluster
+from tests.conftest import AUTH_STRING
 from tests.flowenv import Env, failure_message
 
 LAB_FIRST_ADDRESS = 20
@@ -249,9 +250,30 @@ def test_no_secret_in_logs_results_or_artifacts(env: Env):
     text = "\n".join(log.message for log in logs) + json.dumps(state.result())
     text += "".join(str(a.data) for a in artifacts) + json.dumps(flow_run.parameters)
     assert any("rke:" in log.message for log in logs)
-    for chunk in chunks:
-        assert chunk not in text
+    state_doc = json.loads(env.cluster.read_text("cluster.rkestate"))
+    admin_key = state_doc["currentState"]["certificatesBundle"]["kube-admin"]["keyPEM"]
+    kubeconfig = yaml.safe_load(env.cluster.read_text("kube_config_cluster.yml"))
+    secrets = [
+        *chunks,
+        "".join(admin_key.strip().splitlines()[1:-1])[:40],
+        kubeconfig["users"][0]["user"]["client-key-data"][:40],
+        AUTH_STRING,
+    ]
+    for secret in secrets:
+        assert secret not in text
     assert "PRIVATE KEY" not in text
+
+
+def test_a_different_spec_is_refused_and_the_cluster_stays_ready(env: Env):
+    assert env.provision().is_completed()
+    ups = len(list(env.cluster.history_dir.glob("*-up")))
+    state = env.provision(env.spec().model_copy(update={"network_plugin": "calico"}))
+    assert state.is_failed()
+    assert "different spec (changed: network.plugin)" in failure_message(state)
+    assert env.cluster.read_status().phase == "READY"
+    assert len(list(env.cluster.history_dir.glob("*-up"))) == ups
+    assert env.provision().is_completed()  # the original spec: nothing to do
+    assert len(list(env.cluster.history_dir.glob("*-up"))) == ups
 
 
 def test_missing_block_names_itself_and_how_to_create_it(env: Env):

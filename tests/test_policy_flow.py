@@ -16,6 +16,7 @@ from prefect.logging.handlers import APILogWorker
 from pydantic import SecretStr
 
 from blocks import PolicyService as PolicyBlock
+from flows.provision import provision_cluster
 from lab.policy_service import PolicyService
 from tests.flowenv import Env, failure_message
 
@@ -34,6 +35,7 @@ def policy_service(tmp_path_factory):
 @pytest.fixture
 def policed(env: Env, policy_service) -> Env:
     policy_service.set_mode("normal")
+    env.blocks["policy"] = f"policy-{env.tag}"
     PolicyBlock(
         url=policy_service.url,
         token=SecretStr(TOKEN),
@@ -109,6 +111,16 @@ def test_faults_fail_before_any_node_is_touched(
     assert needle.lower() in message.lower(), message
     assert TOKEN not in message
     untouched(policed, before)
+
+
+def test_a_mistyped_policy_block_is_an_error_not_the_built_in_rules(env: Env):
+    state = provision_cluster(
+        spec=env.spec(), **{**env.blocks, "policy": "polcy"}, return_state=True
+    )
+    assert state.is_failed() and "block policy-service/polcy does not exist" in failure_message(
+        state
+    )
+    assert not env.cluster.dir.exists()
 
 
 def test_built_in_rules_apply_without_a_block(env: Env):
