@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -33,6 +32,10 @@ LAB_FIRST_ADDRESS = 20
 RKE_FILES = ("cluster.yml", "cluster.rkestate", "kube_config_cluster.yml")
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def ca_of(rkestate: str) -> str:
+    return json.loads(rkestate)["desiredState"]["certificatesBundle"]["kube-ca"]["certificatePEM"]
 
 
 def assert_parses(cluster) -> None:
@@ -190,10 +193,17 @@ def test_concurrent_provisions_never_interleave(env: Env, tmp_path: Path):
     assert env.cluster.read_status().phase == "READY"
 
 
-def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
-    assert env.provision().is_completed()
-    # an interrupted run left FAILED: the next provision runs rke up again, slowly
-    env.cluster.write_status("FAILED", "provision", "earlier-run", "interrupted")
+@pytest.mark.parametrize(
+    ("existing", "when"),
+    [(False, "1 s into rke"), (False, "1 s after the first write"), (True, "1 s into rke")],
+    ids=["fresh-first-state-write", "fresh-second-state-write", "existing-cluster"],
+)
+def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env, existing, when):
+    if existing:
+        assert env.provision().is_completed()
+        # an interrupted run left FAILED: the next provision runs rke up again
+        env.cluster.write_status("FAILED", "provision", "earlier-run", "interrupted")
+    # each state write takes 3 s: a kill 1 s into rke lands in the first one
     env.fault(slow_state_write=True, pause_at="worker", pause_seconds=60)
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.setdefault("state", env.provision()))
@@ -202,7 +212,9 @@ def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
     killed = False
     while not killed and time.monotonic() < deadline:
         for pid in _rke_pids(env.root):
-            time.sleep(random.Random(9).uniform(0.2, 2.5))  # mid-write or later: old or new
+            while "after" in when and env.cluster.read_text("cluster.rkestate") is None:
+                time.sleep(0.05)  # until the first complete write has been kept
+            time.sleep(1)
             os.kill(pid, signal.SIGKILL)
             killed = True
         time.sleep(0.02)
@@ -210,10 +222,14 @@ def test_kill_9_of_rke_leaves_parseable_state_and_rerun_converges(env: Env):
     assert killed
     assert outcome["state"].is_failed()
     assert_parses(env.cluster)
+    kept = env.cluster.read_text("cluster.rkestate")
+    assert (kept is not None) == ("after" in when or existing)  # complete writes kept at once
     env.fault()
     rerun = env.provision()
     assert rerun.is_completed(), failure_message(rerun)
     assert_parses(env.cluster)
+    if kept:  # the CA RKE had already written (and maybe deployed) is the one kept
+        assert ca_of(env.cluster.read_text("cluster.rkestate")) == ca_of(kept)
 
 
 def _rke_pids(root: Path) -> list[int]:

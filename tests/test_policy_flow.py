@@ -110,6 +110,7 @@ def test_faults_fail_before_any_node_is_touched(
     message = failure_message(state)
     assert needle.lower() in message.lower(), message
     assert TOKEN not in message
+    assert policy_service.requests <= 4  # bounded retries (untrusted TLS never gets a request)
     untouched(policed, before)
 
 
