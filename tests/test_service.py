@@ -273,3 +273,22 @@ def test_worker_killed_mid_run_leaves_state_whole_and_a_rerun_converges(service,
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert cluster.read_status().phase == "READY"
     assert not list(cluster.dir.glob(".staging-*"))
+
+
+def test_the_token_is_in_no_process_title(service):
+    titles = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            titles.append(cmdline.read_bytes().decode(errors="replace"))
+    assert any("prefect\0server\0start" in title for title in titles)
+    assert not any(AUTH_STRING in title for title in titles)
+
+
+def test_kubeconfig_prints_the_customer_secret_block(service):
+    from prefect.blocks.system import Secret
+
+    Secret(value="apiVersion: v1\nkind: Config\n").save("kubeconfig-svc-kc", overwrite=True)
+    found = cli("kubeconfig", "svc", "kc")
+    assert found.returncode == 0 and "kind: Config" in found.stdout
+    missing = cli("kubeconfig", "svc", "nothing-here")
+    assert missing.returncode == 4 and "no customer kubeconfig" in missing.stderr
