@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +14,12 @@ from prefect.states import Completed, State
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
 from cluster_mgmt.driver import RkeDriver
+from cluster_mgmt.policy import Decision
 from cluster_mgmt.preflight import load_private_key
 from cluster_mgmt.redact import RedactingFilter, redact, register_secret
-from cluster_mgmt.state import ClusterState, StateVolume, Status
+from cluster_mgmt.state import ClusterBusyError, ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
+from tasks.policy import PolicyDeniedError, validate_policy
 from tasks.reporting import emit_event_for, update_cluster_artifact
 
 
@@ -59,6 +61,22 @@ def load_settings(ssh_access: str, state_volume: str, rke_settings: str) -> Sett
     driver = rke.driver()
     driver.executable()
     return Settings(rke, access, volume, driver)
+
+
+def check_policy(
+    policy: str, kind: str, volume: StateVolume, environment: str, name: str, spec: dict
+) -> Decision:
+    """validate-policy; a denied operation on an existing cluster is kept in its history too
+    (unless another operation holds the cluster: then only the run and its artifact say it)."""
+    operation = "teardown" if kind.endswith("teardown") else "provision"
+    try:
+        return validate_policy(policy, kind, environment, name, spec)
+    except PolicyDeniedError as denied:
+        cluster = volume.cluster(environment, name)
+        if cluster.exists():
+            with suppress(ClusterBusyError), cluster.lock(operation, current_run_id()):
+                cluster.record_decision(operation, denied.decision.to_dict())
+        raise
 
 
 def current_run_id() -> str:

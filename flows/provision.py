@@ -10,13 +10,13 @@ from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_
 from cluster_mgmt.spec import ClusterSpec
 from flows.operation import (
     RefusedError,
+    check_policy,
     cluster_operation,
     current_run_id,
     finished,
     load_settings,
     report_failure,
 )
-from tasks.policy import validate_policy
 from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
@@ -55,10 +55,10 @@ def provision_cluster(
     spec = spec.with_version(
         settings.rke.supported_kubernetes_versions, settings.rke.default_kubernetes_version
     )
-    decision = validate_policy(
-        policy, "rke-cluster", spec.environment, spec.name, spec.model_dump(mode="json")
-    )
     volume = settings.volume
+    decision = check_policy(
+        policy, "rke-cluster", volume, spec.environment, spec.name, spec.model_dump(mode="json")
+    )
     volume.check_usable()
     config = render_cluster_config(spec, ssh_user=settings.access.user)
     spec_hash = spec.spec_hash()

@@ -10,13 +10,13 @@ from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.spec import ClusterName, Environment
 from flows.operation import (
     RefusedError,
+    check_policy,
     cluster_operation,
     current_run_id,
     finished,
     load_settings,
     report_failure,
 )
-from tasks.policy import validate_policy
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
@@ -57,8 +57,8 @@ def teardown_cluster(
     """
     logger = get_run_logger()
     settings = load_settings(ssh_access, state_volume, rke_settings)
-    decision = validate_policy(policy, "rke-cluster-teardown", environment, name, {})
     volume = settings.volume
+    decision = check_policy(policy, "rke-cluster-teardown", volume, environment, name, {})
     volume.check_usable()
     if volume.cluster(environment, name).read_text("cluster.yml") is None:
         raise TeardownError(

@@ -19,6 +19,10 @@ from tasks.reporting import publish_decision
 class PolicyDeniedError(RuntimeError):
     """Policy refused the change; the message lists the violated rules."""
 
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.summary())
+        self.decision = decision
+
 
 @task(name="validate-policy", cache_policy=NO_CACHE)
 def validate_policy(
@@ -54,6 +58,6 @@ def validate_policy(
     for warning in decision.warnings:
         logger.warning("policy warning [%s]: %s", warning.rule, warning.message)
     if not decision.allowed:
-        raise PolicyDeniedError(decision.summary())
+        raise PolicyDeniedError(decision)
     logger.info("policy: %s", decision.summary())
     return decision

@@ -141,5 +141,7 @@ def test_teardown_is_validated_too(policed: Env, policy_service):
     assert state.is_failed() and "policy denied" in failure_message(state)
     assert [n.connections() for n in policed.lab.nodes] == before
     assert policed.cluster.read_status().phase == "READY"
+    denial = sorted(policed.cluster.history_dir.glob("*-teardown-policy/policy-decision.json"))
+    assert json.loads(denial[-1].read_text())["allowed"] is False
     policy_service.set_mode("normal")
     assert policed.teardown().is_completed()
