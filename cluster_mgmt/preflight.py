@@ -115,7 +115,7 @@ def load_private_key(text: str) -> paramiko.PKey:
     """
     data = text.replace("\r\n", "\n").strip().encode() + b"\n"
     try:
-        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+        if b"BEGIN OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         elif b"PRIVATE KEY-----" in data:
             key = serialization.load_pem_private_key(data, password=None)

@@ -279,7 +279,8 @@ def test_no_key_material_in_report_or_errors(lab: LabNodes) -> None:
 
 def test_bad_private_keys_are_refused_without_echo(tmp_path: Path, lab: LabNodes) -> None:
     secret = "c2VjcmV0LWtleS1tYXRlcmlhbC10aGF0LW11c3Qtbm90LWxlYWs="
-    garbage = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{secret}\n-----END OPENSSH PRIVATE KEY-----\n"
+    armour = lab.client_private_key.strip().splitlines()  # a real key's first and last lines
+    garbage = f"{armour[0]}\n{secret}\n{armour[-1]}\n"
     truncated = "\n".join(lab.client_private_key.splitlines()[:3]) + "\n"
     for text in (garbage, truncated, secret, ""):
         with pytest.raises(PreflightError) as caught:
