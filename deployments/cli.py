@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from cluster_mgmt.preflight import HostKeyPolicy
+
 app = typer.Typer(
     help=(
         "Cluster Management Service: RKE clusters provisioned, configured, watched and torn "
@@ -190,8 +192,10 @@ def bootstrap(
         ),
     ] = None,
     host_key_policy: Annotated[
-        str | None,
-        typer.Option(envvar="CLUSTER_MGMT_HOST_KEY_POLICY", help="reject or accept-new."),
+        HostKeyPolicy | None,
+        typer.Option(
+            envvar="CLUSTER_MGMT_HOST_KEY_POLICY", help="Unknown host keys: reject or accept-new."
+        ),
     ] = None,
     rke_binary: Annotated[
         str | None, typer.Option(envvar="CLUSTER_MGMT_RKE_BINARY", help="rke executable.")
@@ -203,6 +207,8 @@ def bootstrap(
 
     Existing blocks are kept as they are; secrets are read from files and never printed.
     """
+    from pydantic import ValidationError
+
     from cluster_mgmt.preflight import PreflightError
     from deployments.bootstrap import BlockValues
     from deployments.bootstrap import bootstrap as run_bootstrap
@@ -213,7 +219,7 @@ def bootstrap(
         ssh_user=ssh_user,
         ssh_private_key=ssh_key_file.read_text() if ssh_key_file else None,
         known_hosts=known_hosts_file.read_text() if known_hosts_file else None,
-        host_key_policy=host_key_policy,
+        host_key_policy=host_key_policy.value if host_key_policy else None,
         rke_binary=rke_binary,
     )
     with _errors(), api():
@@ -221,6 +227,9 @@ def bootstrap(
             report = run_bootstrap(values, pool_name=pool, pool_type=pool_type)
         except PreflightError as exc:
             raise _fail(f"--ssh-key-file: {exc}", USAGE) from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
+            raise _fail(f"bad block value: {problems}", USAGE) from None
     for item in report.created:
         typer.echo(f"created  {item}")
     for item in report.kept:

@@ -612,7 +612,8 @@ def _start_cmd(args: list[str], io_: Io) -> int:
     return rc
 
 
-def _stop(args: list[str], io_: Io) -> int:
+def _each_container(args: list[str], io_: Io, action) -> int:
+    """Apply `action` to each named container, as `docker stop/restart a b c` do."""
     if not _daemon(io_):
         return 1
     rc = 0
@@ -622,25 +623,22 @@ def _stop(args: list[str], io_: Io) -> int:
             io_.error(f"Error response from daemon: No such container: {name}")
             rc = 1
             continue
-        data["State"] = {"Status": "exited", "Running": False, "ExitCode": 0}
-        _save(data)
+        action(data)
         io_.print(name)
     return rc
+
+
+def _stopped(data: dict) -> None:
+    data["State"] = {"Status": "exited", "Running": False, "ExitCode": 0}
+    _save(data)
+
+
+def _stop(args: list[str], io_: Io) -> int:
+    return _each_container(args, io_, _stopped)
 
 
 def _restart(args: list[str], io_: Io) -> int:
-    if not _daemon(io_):
-        return 1
-    rc = 0
-    for name in [a for a in args if not a.startswith("-")]:
-        data = _load(name)
-        if data is None:
-            io_.error(f"Error response from daemon: No such container: {name}")
-            rc = 1
-            continue
-        _start(data)
-        io_.print(name)
-    return rc
+    return _each_container(args, io_, _start)
 
 
 def _rm(args: list[str], io_: Io) -> int:

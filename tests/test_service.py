@@ -126,6 +126,12 @@ def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
         yield {"home": home, "args": args, "first": first, "worker": worker, "faults": faults}
 
 
+def test_bootstrap_refuses_bad_values_in_one_line(service):
+    result = cli(*service["args"], "--host-key-policy", "trust-everyone")
+    assert result.returncode == 2 and "--host-key-policy" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bootstrap_is_idempotent_and_never_prints_the_key(service, lab_nodes):
     assert "created  work pool" in service["first"].stdout
     second = cli(*service["args"])
