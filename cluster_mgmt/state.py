@@ -7,8 +7,7 @@ limit. Every write is atomic (see ``cluster_mgmt.atomic``).
 
 from __future__ import annotations
 
-import base64
-import binascii
+import errno
 import fcntl
 import json
 import os
@@ -16,15 +15,14 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cluster_mgmt.atomic import (
+    DIR_MODE,
     FILE_MODE,
     atomic_write,
     discard_dir,
@@ -33,30 +31,33 @@ from cluster_mgmt.atomic import (
     remove_debris,
     write_dir,
 )
+from cluster_mgmt.errors import StateError
+from cluster_mgmt.phases import Phase
+from cluster_mgmt.state_files import is_kubeconfig, is_rkestate, is_yaml_mapping, load_json
+from cluster_mgmt.volume_marker import (
+    VolumeError,
+    VolumeMarker,
+    check_marker,
+    read_marker,
+    write_marker,
+)
 
 __all__ = [
     "FILES",
     "PHASES",
     "ClusterBusyError",
+    "ClusterNotFoundError",
     "ClusterState",
     "Promotion",
     "StateError",
     "StateMissingError",
     "StateVolume",
     "Status",
+    "VolumeError",
     "atomic_write",
 ]
 
-PHASES = (
-    "PENDING",
-    "PROVISIONING",
-    "CONFIGURING",
-    "READY",
-    "UPDATING",
-    "DELETING",
-    "DELETED",
-    "FAILED",
-)
+PHASES = tuple(Phase)
 
 CLUSTER_YML = "cluster.yml"
 RKESTATE = "cluster.rkestate"
@@ -82,14 +83,13 @@ _STAMP = r"\d{8}T\d{6}\.\d{6}Z"
 _STAMP_RE = re.compile(_STAMP)
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 _STAGING = re.compile(rf"{re.escape(STAGING_PREFIX)}{_STAMP}-({_LABEL})")
-_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----.*-----END [A-Z0-9 ]+-----\s*", re.DOTALL)
-
-
+POLICY_SUFFIX = "-policy"
 POLICY_DECISION = "policy-decision.json"
+UNSNAPSHOTTED = (STATUS, HEALTH)  # what changes without the cluster's state changing
 
 
-class StateError(Exception):
-    """Something is wrong with the state volume; the message says what and what to do."""
+class ClusterNotFoundError(StateError):
+    """The volume holds no directory for the cluster (never created, or archived)."""
 
 
 class ClusterBusyError(StateError):
@@ -180,79 +180,10 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _load_json(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _load_yaml(data: bytes) -> Any:
-    try:
-        return yaml.safe_load(data)
-    except (yaml.YAMLError, ValueError, RecursionError):
-        return None
-
-
-def _is_rkestate(data: bytes) -> bool:
-    """RKE state that still holds the cluster's CA: without it, rke would mint a new one."""
-    doc = _load_json(data)
-    if not isinstance(doc, dict):
-        return False
-    for key in ("desiredState", "currentState"):
-        bundle = (
-            doc.get(key, {}).get("certificatesBundle") if isinstance(doc.get(key), dict) else None
-        )
-        ca = bundle.get("kube-ca") if isinstance(bundle, dict) else None
-        if isinstance(ca, dict) and "BEGIN CERTIFICATE" in str(ca.get("certificatePEM", "")):
-            return True
-    return False
-
-
-def _is_yaml_mapping(data: bytes) -> bool:
-    return isinstance(_load_yaml(data), dict)
-
-
-def _entries(doc: dict[str, Any], key: str, inner: str) -> list[dict[str, Any]] | None:
-    """The ``inner`` mappings of a kubeconfig list such as ``clusters[].cluster``."""
-    items = doc.get(key)
-    if not isinstance(items, list) or not items:
-        return None
-    found = [item.get(inner) for item in items if isinstance(item, dict)]
-    if len(found) != len(items) or not all(isinstance(x, dict) and x for x in found):
-        return None
-    return found
-
-
-def _intact_data(value: Any) -> bool:
-    """A kubeconfig ``*-data`` field: strict base64, and whole if it holds PEM."""
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        return False
-    return not raw.startswith(b"-----BEGIN") or _PEM.fullmatch(raw) is not None
-
-
-def _is_kubeconfig(data: bytes) -> bool:
-    """A complete kubeconfig: clusters with a server, users with credentials, intact data."""
-    doc = _load_yaml(data)
-    if not isinstance(doc, dict):
-        return False
-    clusters, users = _entries(doc, "clusters", "cluster"), _entries(doc, "users", "user")
-    if clusters is None or users is None or not all(c.get("server") for c in clusters):
-        return False
-    return all(
-        _intact_data(value)
-        for entry in clusters + users
-        for key, value in entry.items()
-        if key.endswith("-data")
-    )
-
-
 _VALIDATORS: dict[str, Callable[[bytes], bool]] = {
-    RKESTATE: _is_rkestate,
-    KUBECONFIG: _is_kubeconfig,
-    CLUSTER_YML: _is_yaml_mapping,
+    RKESTATE: is_rkestate,
+    KUBECONFIG: is_kubeconfig,
+    CLUSTER_YML: is_yaml_mapping,
 }
 
 
@@ -288,7 +219,11 @@ def _check_filename(filename: str) -> str:
 
 
 class ClusterState:
-    """One cluster's directory ``<root>/environments/<env>/clusters/<name>``."""
+    """One cluster's directory ``<root>/environments/<env>/clusters/<name>``.
+
+    Only a provision creates the directory (``lock(create=True)``); everything else requires
+    it and fails with ClusterNotFoundError, so no operation can leave a phantom behind.
+    """
 
     FILES = FILES
 
@@ -314,9 +249,26 @@ class ClusterState:
         """True if the volume holds any state file for this cluster."""
         return any((self.dir / name).exists() for name in FILES)
 
-    def ensure_dir(self) -> None:
-        """Create the cluster directory and missing parents, each 0700."""
+    def create(self) -> None:
+        """Create the cluster's directory (0700, and missing parents): for a provision only."""
         make_private_dirs(self.dir)
+
+    def _require_dir(self) -> None:
+        if not self.dir.is_dir():
+            raise ClusterNotFoundError(
+                f"no cluster {self.environment}/{self.name} on the state volume "
+                f"{self._volume.root}; check the environment and name"
+            )
+
+    def _subdir(self, name: str) -> Path:
+        """``<cluster dir>/<name>``, created (0700) if missing; never creates the cluster dir."""
+        self._require_dir()
+        path = self.dir / name
+        with suppress(FileExistsError):
+            os.mkdir(path, DIR_MODE)
+            os.chmod(path, DIR_MODE)
+            fsync_dir(self.dir)
+        return path
 
     # -- files -------------------------------------------------------------------------------
 
@@ -332,7 +284,9 @@ class ClusterState:
         validator = _VALIDATORS.get(filename)
         if validator is not None and not validator(data):
             raise ValueError(f"refusing to write {path}: the content is not a valid {filename}")
-        make_private_dirs(path.parent)
+        self._require_dir()
+        if path.parent != self.dir:
+            self._subdir(path.parent.name)
         atomic_write(path, data, FILE_MODE)
 
     def resource_names(self) -> list[str]:
@@ -386,43 +340,75 @@ class ClusterState:
         previous = self.read_status()
         if previous is not None and previous.rke_state_written:
             return
-        base = previous or Status("PENDING", None, None, "RKE wrote state", _now_iso())
+        base = previous or Status(Phase.PENDING, None, None, "RKE wrote state", _now_iso())
         self._save_status(replace(base, updated_at=_now_iso(), rke_state_written=True))
 
     def _save_status(self, status: Status) -> None:
-        self.ensure_dir()
+        self._require_dir()
         atomic_write(self.dir / STATUS, status.to_json(), FILE_MODE)
 
     # -- lock --------------------------------------------------------------------------------
 
     @contextmanager
-    def lock(self, operation: str, flow_run_id: str) -> Iterator[None]:
+    def lock(self, operation: str, flow_run_id: str, *, create: bool = False) -> Iterator[None]:
         """Hold the cluster's exclusive flock; recover an interrupted run on acquisition.
 
-        Raises ClusterBusyError, naming the holder, if another operation holds it.
+        ``create`` (provision only) makes the cluster directory first; otherwise a missing
+        directory is ClusterNotFoundError. The flock is checked against the directory it
+        protects after it is taken: a directory archived (and perhaps re-created) meanwhile
+        is never locked by the inode of the old one. Raises ClusterBusyError, naming the
+        holder, if another operation holds it.
         """
-        self.ensure_dir()
-        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)
+        for _ in range(3):
+            if create:
+                self.create()
+            fd = self._open_lock_file()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise _busy_error(fd) from None
-            try:
-                record = {
-                    "operation": operation,
-                    "flow_run_id": flow_run_id,
-                    "pid": os.getpid(),
-                    "since": _now_iso(),
-                }
-                _write_lock_record(fd, record)
-                self.recover_interrupted()
-                yield
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise _busy_error(fd) from None
+                try:
+                    if not self._lock_file_is(fd):
+                        continue  # the directory moved under us: take the lock again
+                    record = {
+                        "operation": operation,
+                        "flow_run_id": flow_run_id,
+                        "pid": os.getpid(),
+                        "since": _now_iso(),
+                    }
+                    _write_lock_record(fd, record)
+                    self.recover_interrupted()
+                    yield
+                    return
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                os.close(fd)
+        raise StateError(
+            f"the directory of cluster {self.environment}/{self.name} keeps changing while its "
+            "lock is taken; another process is moving it. Check what runs against the volume"
+        )
+
+    def _open_lock_file(self) -> int:
+        try:
+            fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        except FileNotFoundError:
+            self._require_dir()
+            raise
+        os.fchmod(fd, FILE_MODE)
+        return fd
+
+    def _lock_file_is(self, fd: int) -> bool:
+        """True if ``fd`` is still the lock file of this cluster's directory; else, if the
+        directory is gone, ClusterNotFoundError."""
+        held = os.fstat(fd)
+        try:
+            current = os.stat(self.dir / LOCK, follow_symlinks=False)
+        except FileNotFoundError:
+            self._require_dir()
+            return False
+        return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)
 
     # -- RKE state protection ----------------------------------------------------------------
 
@@ -441,14 +427,14 @@ class ClusterState:
         if not self.rke_state_written():
             return
         data = _read_bytes(self.dir / RKESTATE)
-        if data is not None and _is_rkestate(data):
+        if data is not None and is_rkestate(data):
             return
         if data is None:
             problem = "is missing"
         elif not data.strip():
             problem = "is empty"
         else:
-            problem = 'is not RKE state (a JSON object with "desiredState" or "currentState")'
+            problem = "is not complete RKE state holding the cluster's CA"
         raise StateMissingError(self._missing_state_message(problem))
 
     def _missing_state_message(self, problem: str) -> str:
@@ -466,33 +452,72 @@ class ClusterState:
             f"(`rke util get-state-file --config cluster.yml` in {self.dir}). Then retry."
         )
 
+    def known_elsewhere_message(self, witness: str) -> str:
+        """Why a cluster that `witness` knows, but whose directory is missing or empty, is
+        refused, with every way back to its state."""
+        archived = self._volume.archived(self.environment, self.name)
+        archive = (
+            f"the newest archive {archived[-1]}" if archived else "no archive exists on this volume"
+        )
+        return (
+            f"refusing to provision {self.environment}/{self.name}: {witness}, but the state "
+            f"volume {self._volume.root} holds no state for it ({self.dir} is missing or empty). "
+            "Running rke now would mint a new CA for a live cluster. Recover its state first: "
+            f"from a history copy or a backup of the volume, from {archive}, or from RKE's "
+            "in-cluster copy, the Secret kube-system/full-cluster-state (read with the admin "
+            "kubeconfig, or `rke util get-state-file`). If the cluster is really gone, tear it "
+            "down or remove its artifact first"
+        )
+
     # -- history -----------------------------------------------------------------------------
 
-    def snapshot_history(self, operation: str) -> Path:
-        """Copy the present state files to ``history/<stamp>-<operation>/`` and prune."""
+    def snapshot_history(self, operation: str) -> Path | None:
+        """Copy the present state files to ``history/<stamp>-<operation>/`` and prune.
+
+        Returns None when the newest snapshot already holds the same files.
+        """
         return self._snapshot(_check_operation(operation))
 
     def record_decision(self, operation: str, decision: dict[str, Any]) -> Path:
-        """Keep a policy decision as ``history/<stamp>-<operation>-policy/policy-decision.json``."""
+        """Keep a policy decision as ``history/<stamp>-<operation>-policy/policy-decision.json``.
+
+        Needs no lock (so a denial never makes a concurrent legitimate run fail as busy) and
+        never creates the cluster's directory. Decisions are pruned apart from state
+        snapshots: no number of them ever evicts a copy of the cluster's state.
+        """
         body = json.dumps(decision, indent=2, sort_keys=True).encode() + b"\n"
-        path = self._write_history(f"{_check_operation(operation)}-policy", {POLICY_DECISION: body})
-        self._prune_history()
+        label = f"{_check_operation(operation)}{POLICY_SUFFIX}"
+        path = self._write_history(label, {POLICY_DECISION: body})
+        self._prune(self._decision_entries())
         return path
 
-    def _snapshot(self, label: str) -> Path:
+    def _snapshot(self, label: str) -> Path | None:
+        files = self._snapshot_files()
+        newest = next(reversed(self._snapshot_entries()), None)
+        if newest is not None and _same_files(newest, files):
+            return None
+        path = self._write_history(label, files)
+        self._prune(self._snapshot_entries(), keep=self._newest_history_state())
+        return path
+
+    def _snapshot_files(self) -> dict[str, bytes]:
         files = {n: d for n in FILES if (d := _read_bytes(self.dir / n)) is not None}
         for resource in self.resource_names():
             rel = f"{RESOURCES}/{resource}.yaml"
             if (data := _read_bytes(self.dir / rel)) is not None:
                 files[rel] = data
-        path = self._write_history(label, files)
-        self._prune_history()
-        return path
+        return files
 
     def _write_history(self, label: str, files: dict[str, bytes]) -> Path:
-        make_private_dirs(self.history_dir)
-        final = _unique_path(self.history_dir, lambda stamp: f"{stamp}-{label}")
-        return write_dir(final, files)
+        history = self._subdir(HISTORY)
+        for _ in range(5):
+            final = _unique_path(history, lambda stamp: f"{stamp}-{label}")
+            try:
+                return write_dir(final, files)
+            except OSError as exc:  # a concurrent writer took the same stamp
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        raise StateError(f"could not write a history entry under {history}; retry")
 
     def _history_entries(self) -> list[Path]:
         """Complete history directories, oldest first."""
@@ -502,26 +527,29 @@ class ClusterState:
             p for p in self.history_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
 
+    def _snapshot_entries(self) -> list[Path]:
+        """History entries that copy the cluster's state (not policy decisions), oldest first."""
+        return [p for p in self._history_entries() if not p.name.endswith(POLICY_SUFFIX)]
+
+    def _decision_entries(self) -> list[Path]:
+        return [p for p in self._history_entries() if p.name.endswith(POLICY_SUFFIX)]
+
     def _newest_history_state(self) -> Path | None:
         """The newest history copy of cluster.rkestate that is valid RKE state."""
-        for entry in reversed(self._history_entries()):
+        for entry in reversed(self._snapshot_entries()):
             candidate = entry / RKESTATE
-            if not entry.name.endswith(REJECTED_SUFFIX) and _is_rkestate(
+            if not entry.name.endswith(REJECTED_SUFFIX) and is_rkestate(
                 _read_bytes(candidate) or b""
             ):
                 return candidate
         return None
 
-    def _prune_history(self) -> None:
-        """Drop the oldest entries beyond the limit, but never the newest valid RKE state."""
-        entries = self._history_entries()
-        excess = entries[: max(0, len(entries) - self._volume.history_limit)]
-        if not excess:
-            return
-        newest_state = self._newest_history_state()
-        for entry in excess:
-            if newest_state is None or entry != newest_state.parent:
-                discard_dir(entry)
+    def _prune(self, entries: list[Path], keep: Path | None = None) -> None:
+        """Drop the oldest of `entries` beyond the limit, never the entry holding `keep`."""
+        for entry in entries[: max(0, len(entries) - self._volume.history_limit)]:
+            if keep is None or entry != keep.parent:
+                with suppress(FileNotFoundError):  # a concurrent pruner was first
+                    discard_dir(entry)
 
     # -- staging and promotion ---------------------------------------------------------------
 
@@ -531,10 +559,11 @@ class ClusterState:
 
         On exit, after success or an exception, what RKE left is promoted and the staging
         directory removed; exceptions propagate after promotion. The result is kept in
-        ``last_promotion``.
+        ``last_promotion``. If the promotion itself fails, the staging directory stays for
+        the next run (``recover_interrupted``) and the error propagates.
         """
         _check_operation(operation)
-        self.ensure_dir()
+        self._require_dir()
         self._snapshot(operation)
         files = {n: d for n in RKE_FILES if (d := _read_bytes(self.dir / n)) is not None}
         stage = _unique_path(self.dir, lambda stamp: f"{STAGING_PREFIX}{stamp}-{operation}")
@@ -545,12 +574,14 @@ class ClusterState:
             self.last_promotion = self._promote_and_discard(stage)
 
     def promote(self, staging: Path, *, checkpoint: bool = False) -> Promotion:
-        """Promote the RKE files in ``staging`` that parse; keep rejected ones in history.
+        """Promote the RKE files in ``staging`` that are complete; keep rejected ones in history.
 
         Files missing from staging are left alone in the cluster directory: state is never
         deleted. Safe to repeat (a promotion interrupted by a kill is simply redone). A
-        ``checkpoint`` during the run (RKE just said it wrote a file) promotes what parses
-        and ignores the rest: RKE may be rewriting it.
+        ``checkpoint`` during the run (RKE just said it wrote a file) promotes what is
+        complete and ignores the rest: RKE may be rewriting it. A final promotion also
+        keeps a copy of the promoted state in history, so a fresh cluster's CA never lives
+        in one file only.
         """
         staging = Path(staging)
         match = _STAGING.fullmatch(staging.name)
@@ -568,7 +599,7 @@ class ClusterState:
             if name not in rejected and data != _read_bytes(self.dir / name):
                 atomic_write(self.dir / name, data, FILE_MODE)
                 promoted.append(name)
-        if promoted and not checkpoint:
+        if not checkpoint:
             self._snapshot(f"{operation}{PROMOTED_SUFFIX}")
         return Promotion(promoted=promoted, rejected=[] if checkpoint else list(rejected))
 
@@ -593,8 +624,7 @@ class ClusterState:
 
     def archive(self) -> Path:
         """Move the whole directory to ``<root>/archive/<env>/<name>-<stamp>`` and return it."""
-        if not self.dir.is_dir():
-            raise StateError(f"nothing to archive: {self.dir} does not exist")
+        self._require_dir()
         parent = self._volume.archive_root / self.environment
         make_private_dirs(parent)
         target = _unique_path(parent, lambda stamp: f"{self.name}-{stamp}")
@@ -602,6 +632,17 @@ class ClusterState:
         fsync_dir(self.dir.parent)
         fsync_dir(parent)
         return target
+
+
+def _same_files(entry: Path, files: dict[str, bytes]) -> bool:
+    """True if history `entry` holds exactly `files`, status and health aside."""
+    wanted = {n: d for n, d in files.items() if n not in UNSNAPSHOTTED}
+    held = {
+        str(p.relative_to(entry)): p.read_bytes()
+        for p in entry.rglob("*")
+        if p.is_file() and p.name not in UNSNAPSHOTTED
+    }
+    return held == wanted
 
 
 def _write_lock_record(fd: int, record: dict[str, Any]) -> None:
@@ -614,7 +655,7 @@ def _write_lock_record(fd: int, record: dict[str, Any]) -> None:
 def _busy_error(fd: int, attempts: int = 50) -> ClusterBusyError:
     """ClusterBusyError from the holder's record (retried while the holder is writing it)."""
     for _ in range(attempts):
-        record = _load_json(os.pread(fd, 65536, 0))
+        record = load_json(os.pread(fd, 65536, 0))
         if isinstance(record, dict) and {"operation", "flow_run_id"} <= record.keys():
             return ClusterBusyError(
                 str(record["operation"]),
@@ -627,13 +668,25 @@ def _busy_error(fd: int, attempts: int = 50) -> ClusterBusyError:
 
 
 class StateVolume:
-    """The volume holding every cluster's state, ``<root>/environments/...`` and archive."""
+    """The volume holding every cluster's state, ``<root>/environments/...`` and archive.
 
-    def __init__(self, root: Path | str, history_limit: int = 20) -> None:
+    ``ebs_volume_id`` and ``volume_id`` are what the block expects the volume's marker to say.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        history_limit: int = 20,
+        *,
+        ebs_volume_id: str | None = None,
+        volume_id: str | None = None,
+    ) -> None:
         if history_limit < 1:
             raise ValueError(f"history_limit must be at least 1, got {history_limit}")
         self.root = Path(root).expanduser().absolute()
         self.history_limit = history_limit
+        self.ebs_volume_id = ebs_volume_id
+        self.volume_id = volume_id
 
     def __repr__(self) -> str:
         return f"StateVolume({str(self.root)!r}, history_limit={self.history_limit})"
@@ -642,13 +695,47 @@ class StateVolume:
     def archive_root(self) -> Path:
         return self.root / "archive"
 
-    def check_usable(self) -> None:
-        """Create the root (0700) if missing and prove it writable; StateError if not."""
-        hint = "mount the volume or fix cluster-state-volume.root"
+    def initialise(self) -> VolumeMarker:
+        """Make the root (0700) a state volume: write its marker, once. Idempotent.
+
+        The only place that creates the root. An existing marker is kept (and checked).
+        """
         if self.root.exists() and not self.root.is_dir():
-            raise StateError(f"state volume root {self.root} is not a directory; {hint}")
+            raise VolumeError(f"state volume root {self.root} exists and is not a directory")
+        make_private_dirs(self.root)
+        marker = read_marker(self.root)
+        if marker is None:
+            marker = VolumeMarker.new(self.ebs_volume_id)
+            write_marker(self.root, marker)
+        check_marker(self.root, marker, ebs_volume_id=self.ebs_volume_id, volume_id=None)
+        return marker
+
+    def check_usable(self) -> VolumeMarker:
+        """The volume's marker, once the root proved to be the expected, writable volume.
+
+        Never creates anything: a missing root, or one without a marker, is VolumeError.
+        """
+        if not self.root.is_dir():
+            what = "is not a directory" if self.root.exists() else "does not exist"
+            raise VolumeError(
+                f"state volume root {self.root} {what}: the volume is not mounted, or "
+                "cluster-state-volume.root is wrong. Mount the volume there, or initialise a "
+                f"new, empty volume with `cluster-mgmt init --state-root {self.root}`"
+            )
+        marker = read_marker(self.root)
+        if marker is None:
+            raise VolumeError(
+                f"state volume root {self.root} has no volume marker: it is not an initialised "
+                "state volume (an unmounted mount point looks like this). Mount the volume "
+                f"there; only for a new, empty volume run `cluster-mgmt init --state-root "
+                f"{self.root}`"
+            )
+        check_marker(self.root, marker, ebs_volume_id=self.ebs_volume_id, volume_id=self.volume_id)
+        self._probe_writable()
+        return marker
+
+    def _probe_writable(self) -> None:
         try:
-            make_private_dirs(self.root)
             fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.root)
             try:
                 os.write(fd, b"probe")
@@ -658,8 +745,9 @@ class StateVolume:
                 os.unlink(probe)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise StateError(
-                f"state volume root {self.root} is not writable: {reason}; {hint}"
+            raise VolumeError(
+                f"state volume root {self.root} is not writable: {reason}; mount the volume "
+                "read-write or fix cluster-state-volume.root"
             ) from exc
 
     def cluster(self, environment: str, name: str) -> ClusterState:
@@ -679,3 +767,9 @@ class StateVolume:
             names = sorted(p.name for p in folder.glob("*") if _NAME.fullmatch(p.name))
             found.extend(c for n in names if (c := self.cluster(env, n)).exists())
         return found
+
+    def archived(self, environment: str, name: str) -> list[Path]:
+        """Archived directories of a cluster, oldest first."""
+        folder = self.archive_root / _check_environment(environment)
+        pattern = re.compile(rf"{re.escape(_check_name(name))}-{_STAMP}")
+        return sorted(p for p in folder.glob(f"{name}-*") if pattern.fullmatch(p.name))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import fcntl
 import json
 import os
 import pickle
@@ -21,29 +21,30 @@ import pytest
 from cluster_mgmt import state
 from cluster_mgmt.state import (
     ClusterBusyError,
+    ClusterNotFoundError,
     ClusterState,
     Promotion,
     StateError,
     StateMissingError,
     StateVolume,
     Status,
+    VolumeError,
     atomic_write,
 )
+from tests.pki import b64, cert_pem, key_pem
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
 
 def rkestate(version: int, padding: int = 0) -> str:
-    """An RKE state file of the shape RKE writes (cluster/state.go FullState)."""
-    certs = {"kube-ca": {"certificatePEM": "-----BEGIN CERTIFICATE-----\nCA\n", "keyPEM": "K"}}
+    """An RKE state file of the shape RKE writes (cluster/state.go FullState), real PEM inside."""
+    certs = {
+        "kube-ca": {"certificatePEM": cert_pem("kube-ca"), "keyPEM": key_pem("kube-ca")},
+        "kube-service-account-token": {"certificatePEM": "", "keyPEM": key_pem("sa")},
+    }
     state = {"rkeConfig": {"kubernetesVersion": "v1.30.5-rancher1-1"}, "certificatesBundle": certs}
     doc = {"desiredState": state, "currentState": state, "version": version, "pad": "x" * padding}
     return json.dumps(doc, indent=2)
-
-
-def pem_b64(label: str, body: str) -> str:
-    pem = f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
-    return base64.b64encode(pem.encode()).decode()
 
 
 def kubeconfig(server: str = "https://127.0.0.1:6443") -> str:
@@ -54,7 +55,7 @@ def kubeconfig(server: str = "https://127.0.0.1:6443") -> str:
         clusters:
         - cluster:
             api-version: v1
-            certificate-authority-data: {pem_b64("CERTIFICATE", "Q" * 600)}
+            certificate-authority-data: {b64(cert_pem("kube-ca"))}
             server: "{server}"
           name: "prod-eu-web"
         contexts:
@@ -66,15 +67,29 @@ def kubeconfig(server: str = "https://127.0.0.1:6443") -> str:
         users:
         - name: "kube-admin-prod-eu-web"
           user:
-            client-certificate-data: {pem_b64("CERTIFICATE", "C" * 600)}
-            client-key-data: {pem_b64("RSA PRIVATE KEY", "K" * 900)}
+            client-certificate-data: {b64(cert_pem("kube-admin"))}
+            client-key-data: {b64(key_pem("kube-admin"))}
         """)
 
 
-def cut_inside_key(text: str) -> str:
+def cut_inside_key(text: str, keep: int | None = None) -> str:
     """Truncate inside client-key-data where the base64 still decodes but the PEM is cut."""
     start = text.index("client-key-data: ") + len("client-key-data: ")
-    return text[: start + 400]
+    length = len(text[start:].split("\n", 1)[0])
+    return text[: start + (keep if keep is not None else length // 8 * 4)]
+
+
+def without_key(text: str) -> str:
+    """The kubeconfig with a user that has a certificate but no key."""
+    return "".join(line for line in text.splitlines(True) if "client-key-data" not in line)
+
+
+def rkestate_with_cut_ca() -> str:
+    """Valid JSON whose CA certificate is cut short (a torn write re-serialised)."""
+    doc = json.loads(rkestate(2))
+    pem = doc["desiredState"]["certificatesBundle"]["kube-ca"]["certificatePEM"]
+    doc["desiredState"]["certificatesBundle"]["kube-ca"]["certificatePEM"] = pem[: len(pem) // 2]
+    return json.dumps(doc)
 
 
 CLUSTER_YML = "cluster_name: prod-eu-web\nnodes:\n- address: 10.0.0.1\n  role: [etcd]\n"
@@ -109,13 +124,14 @@ def spawn_python(code: str, *args: str) -> subprocess.Popen:
 @pytest.fixture
 def volume(tmp_path: Path) -> StateVolume:
     vol = StateVolume(tmp_path / "root", history_limit=20)
-    vol.check_usable()
+    vol.initialise()
     return vol
 
 
 @pytest.fixture
 def cluster(volume: StateVolume) -> ClusterState:
     cs = volume.cluster("prod", "eu-web")
+    cs.create()
     cs.write_text("cluster.yml", CLUSTER_YML)
     return cs
 
@@ -143,8 +159,9 @@ def test_layout_and_modes_do_not_depend_on_umask(tmp_path: Path, umask: int) -> 
     old = os.umask(umask)
     try:
         vol = StateVolume(tmp_path / "vol" / "root")
-        vol.check_usable()
+        vol.initialise()
         cs = vol.cluster("prod", "eu-web")
+        cs.create()
         cs.write_text("cluster.yml", CLUSTER_YML)
         cs.write_text("resources/quota.yaml", "kind: ResourceQuota\n")
         cs.snapshot_history("up")
@@ -161,7 +178,7 @@ def test_layout_and_modes_do_not_depend_on_umask(tmp_path: Path, umask: int) -> 
         assert mode(path) == 0o600, path
     assert (entry / "cluster.yml").read_text() == CLUSTER_YML
     assert cs.resource_names() == ["quota"]
-    assert sorted(os.listdir(vol.root)) == ["environments"]
+    assert sorted(os.listdir(vol.root)) == ["cluster-mgmt-volume.json", "environments"]
 
 
 @pytest.mark.parametrize(
@@ -197,10 +214,17 @@ def test_only_known_files_can_be_written(cluster: ClusterState) -> None:
 
 
 def test_clusters_lists_existing_clusters_only(volume: StateVolume) -> None:
+    for env, name in [
+        ("prod", "a"),
+        ("prod", "b"),
+        ("dev", "c"),
+        ("dev", "empty"),
+        ("dev", "gone"),
+    ]:
+        volume.cluster(env, name).create()
     volume.cluster("prod", "b").write_status("PENDING", "provision", "r1", "queued")
     volume.cluster("prod", "a").write_text("cluster.yml", CLUSTER_YML)
     volume.cluster("dev", "c").write_text("cluster.yml", CLUSTER_YML)
-    volume.cluster("dev", "empty").ensure_dir()
     volume.cluster("dev", "gone").write_text("cluster.yml", CLUSTER_YML)
     volume.cluster("dev", "gone").archive()
     assert [(c.environment, c.name) for c in volume.clusters()] == [
@@ -419,6 +443,9 @@ def test_staging_promotes_after_an_exception(cluster: ClusterState) -> None:
         ("kube_config_cluster.yml", cut_inside_key(kubeconfig())),
         ("kube_config_cluster.yml", kubeconfig().split("users:")[0]),
         ("kube_config_cluster.yml", ""),
+        ("kube_config_cluster.yml", cut_inside_key(kubeconfig(), keep=4)),
+        ("kube_config_cluster.yml", without_key(kubeconfig())),
+        ("cluster.rkestate", rkestate_with_cut_ca()),
     ],
     ids=[
         "rkestate-truncated",
@@ -428,6 +455,9 @@ def test_staging_promotes_after_an_exception(cluster: ClusterState) -> None:
         "kc-key-cut-on-base64-boundary",
         "kc-no-users",
         "kc-empty",
+        "kc-key-is-LS0t",
+        "kc-cert-without-key",
+        "rkestate-ca-cut-inside-valid-json",
     ],
 )
 def test_unparsable_file_is_rejected_and_kept(
@@ -587,7 +617,7 @@ def test_ensure_state_intact_after_rkestate_deleted(cluster: ClusterState) -> No
     with pytest.raises(StateMissingError, match="no history copy exists"):
         cluster.ensure_state_intact()  # status.json still says RKE wrote state
     (cluster.dir / "cluster.rkestate").write_text("{not json")
-    with pytest.raises(StateMissingError, match="is not RKE state"):
+    with pytest.raises(StateMissingError, match="is not complete RKE state"):
         cluster.ensure_state_intact()
 
 
@@ -626,7 +656,9 @@ class FrozenClock(datetime):
 def test_history_is_pruned_to_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state, "datetime", FrozenClock)
     vol = StateVolume(tmp_path / "root", history_limit=3)
+    vol.initialise()
     cs = vol.cluster("prod", "eu-web")
+    cs.create()
     made = []
     for i in range(6):
         cs.write_text("cluster.yml", f"{CLUSTER_YML}# {i}\n")
@@ -643,11 +675,14 @@ def test_history_is_pruned_to_the_limit(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_pruning_keeps_the_newest_valid_rke_state(tmp_path: Path) -> None:
     vol = StateVolume(tmp_path / "root", history_limit=2)
+    vol.initialise()
     cs = vol.cluster("prod", "eu-web")
+    cs.create()
     cs.write_text("cluster.yml", CLUSTER_YML)
     provision(cs)
     (cs.dir / "cluster.rkestate").unlink()
-    for _ in range(4):
+    for i in range(4):
+        cs.write_text("cluster.yml", f"{CLUSTER_YML}# {i}\n")
         cs.snapshot_history("up")
     names = history_names(cs)
     assert len(names) == 3 and names[0].endswith("-up-promoted")
@@ -668,7 +703,7 @@ def test_archive_moves_the_whole_directory(volume: StateVolume, cluster: Cluster
     assert not cluster.dir.exists() and not cluster.exists()
     assert mode(volume.archive_root) == mode(target.parent) == 0o700
     assert volume.clusters() == []
-    with pytest.raises(StateError, match="nothing to archive"):
+    with pytest.raises(StateError, match="no cluster prod/eu-web on the state volume"):
         cluster.archive()
 
 
@@ -707,22 +742,157 @@ def check_read_only(mount: Path, roots: list[Path]) -> list[str] | None:
 
 def test_unwritable_root_is_reported(tmp_path: Path) -> None:
     mount = tmp_path / "mnt"
-    (mount / "existing").mkdir(parents=True)
+    StateVolume(mount / "existing").initialise()
     roots = [mount / "existing", mount / "missing" / "root"]
     lines = check_read_only(mount, roots)
     if lines is None:
         pytest.skip("neither `unshare -m` + read-only bind mount nor `setpriv` works here")
-    for root, line in zip(roots, lines, strict=True):
-        assert line.startswith(f"state volume root {root} is not writable: "), line
-        assert line.endswith("; mount the volume or fix cluster-state-volume.root"), line
-    assert os.listdir(mount / "existing") == []
+    writable, missing = lines
+    assert writable.startswith(f"state volume root {roots[0]} is not writable: "), writable
+    assert writable.endswith("; mount the volume read-write or fix cluster-state-volume.root")
+    assert missing.startswith(f"state volume root {roots[1]} does not exist: "), missing
+    assert os.listdir(mount / "existing") == ["cluster-mgmt-volume.json"]
     assert not (mount / "missing").exists()
 
 
-def test_check_usable_creates_only_the_root(tmp_path: Path) -> None:
-    StateVolume(tmp_path / "a" / "root").check_usable()
-    assert os.listdir(tmp_path / "a" / "root") == []
-    assert mode(tmp_path / "a" / "root") == 0o700
+def test_operations_never_create_the_root(tmp_path: Path) -> None:
+    with pytest.raises(VolumeError, match="does not exist: the volume is not mounted"):
+        StateVolume(tmp_path / "a" / "root").check_usable()
+    assert not (tmp_path / "a").exists()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(StateError, match="is not a directory; mount the volume"):
+    with pytest.raises(VolumeError, match="is not a directory"):
         StateVolume(tmp_path / "file").check_usable()
+
+
+def test_an_empty_unmounted_root_is_not_a_volume(tmp_path: Path) -> None:
+    """A mount point whose volume is not attached is an empty folder: never a new volume."""
+    (tmp_path / "mnt").mkdir()
+    with pytest.raises(VolumeError, match="has no volume marker: it is not an initialised"):
+        StateVolume(tmp_path / "mnt").check_usable()
+    assert os.listdir(tmp_path / "mnt") == []
+
+
+def test_initialise_writes_the_marker_once(tmp_path: Path) -> None:
+    vol = StateVolume(tmp_path / "a" / "root", ebs_volume_id="vol-0abc")
+    marker = vol.initialise()
+    assert marker.ebs_volume_id == "vol-0abc" and len(marker.volume_id) == 36
+    assert vol.initialise() == marker == vol.check_usable()
+    assert mode(vol.root) == 0o700 and mode(vol.root / "cluster-mgmt-volume.json") == 0o600
+    assert os.listdir(vol.root) == ["cluster-mgmt-volume.json"]
+
+
+def test_a_marker_that_differs_from_the_block_is_refused(tmp_path: Path) -> None:
+    marker = StateVolume(tmp_path / "root", ebs_volume_id="vol-0abc").initialise()
+    with pytest.raises(VolumeError, match="initialised for EBS volume vol-0abc, but .* vol-0def"):
+        StateVolume(tmp_path / "root", ebs_volume_id="vol-0def").check_usable()
+    with pytest.raises(VolumeError, match=f"is volume {marker.volume_id}, but .* expects other"):
+        StateVolume(tmp_path / "root", volume_id="other").check_usable()
+    with pytest.raises(VolumeError, match="initialised for EBS volume"):
+        StateVolume(tmp_path / "root", ebs_volume_id="vol-0def").initialise()
+    StateVolume(tmp_path / "root", volume_id=marker.volume_id).check_usable()
+    (tmp_path / "root" / "cluster-mgmt-volume.json").write_text("{")
+    with pytest.raises(VolumeError, match="is not a volume marker"):
+        StateVolume(tmp_path / "root").check_usable()
+
+
+# -- history never loses the cluster's state ----------------------------------------------------
+
+
+def test_first_rke_up_leaves_a_complete_recovery_copy_in_history(cluster: ClusterState) -> None:
+    """RKE reports each write, so the files are promoted by checkpoints during the run; the
+    final promotion then finds nothing new, yet history must hold a copy of both."""
+    with cluster.staging("up") as stage:
+        (stage / "cluster.rkestate").write_text(rkestate(1))
+        cluster.promote(stage, checkpoint=True)
+        (stage / "kube_config_cluster.yml").write_text(kubeconfig())
+        cluster.promote(stage, checkpoint=True)
+    newest = cluster.history_dir / history_names(cluster)[-1]
+    assert newest.name.endswith("-up-promoted")
+    assert (newest / "cluster.rkestate").read_text() == rkestate(1)
+    assert (newest / "kube_config_cluster.yml").read_text() == kubeconfig()
+
+
+def test_policy_decisions_and_no_ops_never_evict_state_snapshots(tmp_path: Path) -> None:
+    vol = StateVolume(tmp_path / "root", history_limit=3)
+    vol.initialise()
+    cs = vol.cluster("prod", "eu-web")
+    cs.create()
+    cs.write_text("cluster.yml", CLUSTER_YML)
+    for version in (1, 2, 3):
+        provision(cs, version)
+    snapshots = [n for n in history_names(cs) if not n.endswith("-policy")]
+    for _ in range(20):
+        cs.record_decision("provision", {"allowed": True, "violations": []})
+        assert cs.snapshot_history("provision") is None  # nothing changed: no new copy
+    names = history_names(cs)
+    assert [n for n in names if not n.endswith("-policy")] == snapshots
+    assert len([n for n in names if n.endswith("-policy")]) == 3
+
+
+def test_a_decision_never_creates_a_cluster_directory(volume: StateVolume) -> None:
+    gone = volume.cluster("prod", "gone")
+    with pytest.raises(ClusterNotFoundError):
+        gone.record_decision("teardown", {"allowed": False})
+    assert not gone.dir.exists()
+
+
+# -- the lock protects the directory it was taken for -------------------------------------------
+
+
+def test_lock_never_creates_a_directory_unless_asked(volume: StateVolume) -> None:
+    gone = volume.cluster("prod", "gone")
+    with pytest.raises(ClusterNotFoundError, match="no cluster prod/gone"), gone.lock("x", "r"):
+        pass
+    assert not gone.dir.exists()
+    with gone.lock("provision", "r1", create=True):
+        assert gone.dir.is_dir()
+
+
+def test_lock_is_retaken_when_the_directory_is_replaced_meanwhile(
+    volume: StateVolume, cluster: ClusterState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run archives the directory and a provision re-creates it between our open()
+    and our flock(): the lock must end up on the new directory's lock file."""
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock_after_a_replacement(fd: int, op: int) -> None:
+        if not calls and op & fcntl.LOCK_EX:
+            cluster.archive()
+            cluster.create()
+        calls.append(op)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(state.fcntl, "flock", flock_after_a_replacement)
+    with cluster.lock("provision", "r1", create=True):
+        monkeypatch.setattr(state.fcntl, "flock", real_flock)
+        other = spawn_python(LOCK_PROBE, str(cluster.dir / ".lock"))
+        assert other.communicate(timeout=30)[0].strip() == "busy"
+    assert len(volume.archived("prod", "eu-web")) == 1
+
+
+def test_lock_of_an_archived_directory_is_not_found(
+    cluster: ClusterState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_flock = fcntl.flock
+
+    def flock_after_archive(fd: int, op: int) -> None:
+        if op & fcntl.LOCK_EX and cluster.dir.exists():
+            cluster.archive()
+        real_flock(fd, op)
+
+    monkeypatch.setattr(state.fcntl, "flock", flock_after_archive)
+    with pytest.raises(ClusterNotFoundError), cluster.lock("teardown", "r2"):
+        pass
+    assert not cluster.dir.exists()
+
+
+LOCK_PROBE = """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("free")
+    except BlockingIOError:
+        print("busy")
+"""
