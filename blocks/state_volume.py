@@ -34,7 +34,19 @@ class ClusterStateVolume(Block):
         default=None, description="EBS volume backing the root, for snapshots of the volume."
     )
     aws_region: str | None = Field(default=None, description="AWS region of the EBS volume.")
+    volume_id: str | None = Field(
+        default=None,
+        description=(
+            "The id in the root's volume marker (written by `cluster-mgmt init`); when set, "
+            "operations refuse a root that holds another volume."
+        ),
+    )
 
     def volume(self) -> StateVolume:
         """The state store on this volume."""
-        return StateVolume(self.root, history_limit=self.history_limit)
+        return StateVolume(
+            self.root,
+            history_limit=self.history_limit,
+            ebs_volume_id=self.ebs_volume_id,
+            volume_id=self.volume_id,
+        )

@@ -544,6 +544,19 @@ class ClusterState:
                 return candidate
         return None
 
+    def newest_history_copy(self, filename: str) -> Path | None:
+        """The newest copy of a state file in history, or None."""
+        for entry in reversed(self._snapshot_entries()):
+            if (entry / _check_filename(filename)).is_file():
+                return entry / filename
+        return None
+
+    def append_known_hosts(self, lines: list[str] | tuple[str, ...]) -> None:
+        """Record host keys accepted under accept-new; they are enforced from now on."""
+        if lines:
+            known = self.read_text(KNOWN_HOSTS) or ""
+            self.write_text(KNOWN_HOSTS, known + "".join(f"{line}\n" for line in lines))
+
     def _prune(self, entries: list[Path], keep: Path | None = None) -> None:
         """Drop the oldest of `entries` beyond the limit, never the entry holding `keep`."""
         for entry in entries[: max(0, len(entries) - self._volume.history_limit)]:

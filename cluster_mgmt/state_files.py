@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import warnings
 from typing import Any
 
 import yaml
@@ -38,10 +39,13 @@ def load_yaml(data: bytes) -> Any:
 
 
 def _certificate_loads(pem: bytes) -> bool:
-    try:
-        return bool(x509.load_pem_x509_certificates(pem))
-    except ValueError:
-        return False
+    # RKE's CA has serial number 0 (client-go's self-signed CA), which cryptography warns about.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(x509.load_pem_x509_certificates(pem))
+        except ValueError:
+            return False
 
 
 def _key_loads(pem: bytes) -> bool:

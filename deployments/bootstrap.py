@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from blocks import ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
 from cluster_mgmt.preflight import load_private_key
+from cluster_mgmt.state import StateVolume
 
 HERE = Path(__file__).resolve().parent
 PREFECT_YAML = HERE / "prefect.yaml"
@@ -32,6 +33,7 @@ class BlockValues:
     known_hosts: str | None = None
     host_key_policy: str | None = None
     rke_binary: str | None = None
+    init_volume: bool = False  # initialise state_root here (the volume is mounted on this host)
 
 
 @dataclass
@@ -46,11 +48,23 @@ def _set(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _init_volume(values: BlockValues, report: BootstrapReport) -> str | None:
+    """Initialise the state volume at `state_root` when asked; its marker's volume id."""
+    if not values.init_volume:
+        return None
+    if not values.state_root:
+        raise ValueError("initialising the state volume needs its root (--state-root)")
+    marker = StateVolume(values.state_root).initialise()
+    report.created.append(f"state volume {values.state_root} (volume id {marker.volume_id})")
+    return marker.volume_id
+
+
 def _ensure_blocks(values: BlockValues, report: BootstrapReport, overwrite: bool) -> None:
     for block_type in BLOCK_TYPES:
         block_type.register_type_and_schema()
+    volume_id = _init_volume(values, report)
     wanted = {
-        ClusterStateVolume: _set({"root": values.state_root}),
+        ClusterStateVolume: _set({"root": values.state_root, "volume_id": volume_id}),
         RkeSettings: _set({"binary": values.rke_binary}),
         NodeSshAccess: _set(
             {

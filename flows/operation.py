@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
+from prefect import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-from blocks.loading import load_block
-from cluster_mgmt.driver import RkeDriver
+from blocks.loading import BlockNotFoundError, load_block
+from cluster_mgmt.driver import DriverError, RkeDriver
+from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision
-from cluster_mgmt.preflight import load_private_key
+from cluster_mgmt.preflight import HostKeyPolicy, NodeTarget, PreflightError, load_private_key
 from cluster_mgmt.redact import RedactingFilter, redact, register_secret
-from cluster_mgmt.state import ClusterBusyError, ClusterState, StateVolume, Status
+from cluster_mgmt.state import ClusterNotFoundError, ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
 from tasks.policy import PolicyDeniedError, validate_policy
+from tasks.preflight import check_nodes
 from tasks.reporting import emit_event_for, update_cluster_artifact
 
-
-class RefusedError(RuntimeError):
-    """The operation was refused as asked (the cluster stays as it was); the message says why."""
+P = ParamSpec("P")
+EXPECTED = (ClusterMgmtError, PolicyDeniedError, BlockNotFoundError, DriverError, PreflightError)
 
 
 @dataclass
@@ -50,6 +55,24 @@ def install_redaction() -> None:
                 handler.addFilter(RedactingFilter())
 
 
+def expected_failures(fn: Callable[P, State]) -> Callable[P, State]:
+    """End a flow refused, denied or stopped for a reason the operator can fix with a Failed
+    state carrying that one-line reason, not a traceback; anything else still raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> State:
+        try:
+            return fn(*args, **kwargs)
+        except EXPECTED as exc:
+            message = redact(str(exc))
+            get_run_logger().error("%s", message)
+            return Failed(message=message)
+
+    # Prefect reads the parameters from the signature: resolve its annotations where `fn` lives.
+    wrapper.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    return wrapper
+
+
 def load_settings(ssh_access: str, state_volume: str, rke_settings: str) -> Settings:
     """Load the blocks and check what can be checked without touching a node or the volume."""
     install_redaction()
@@ -66,15 +89,18 @@ def load_settings(ssh_access: str, state_volume: str, rke_settings: str) -> Sett
 def check_policy(
     policy: str, kind: str, volume: StateVolume, environment: str, name: str, spec: dict
 ) -> Decision:
-    """validate-policy; a denied operation on an existing cluster is kept in its history too
-    (unless another operation holds the cluster: then only the run and its artifact say it)."""
-    operation = "teardown" if kind.endswith("teardown") else "provision"
+    """validate-policy; a denied operation on an existing cluster is kept in its history too.
+
+    The denial is recorded without the cluster's lock, so it never makes a concurrent
+    legitimate run fail as busy.
+    """
+    operation = Operation.TEARDOWN if kind.endswith("teardown") else Operation.PROVISION
     try:
         return validate_policy(policy, kind, environment, name, spec)
     except PolicyDeniedError as denied:
         cluster = volume.cluster(environment, name)
         if cluster.exists():
-            with suppress(ClusterBusyError), cluster.lock(operation, current_run_id()):
+            with suppress(ClusterNotFoundError):  # torn down meanwhile
                 cluster.record_decision(operation, denied.decision.to_dict())
         raise
 
@@ -90,7 +116,7 @@ def finished(cluster: ClusterState, status: Status | None = None, **extra: str) 
     result = {
         "environment": cluster.environment,
         "name": cluster.name,
-        "phase": status.phase if status else "PENDING",
+        "phase": status.phase if status else Phase.PENDING,
         "message": status.message if status else "",
         **extra,
     }
@@ -115,23 +141,52 @@ def report_failure(flow: Any, run: Any, state: State) -> None:
 
 @contextmanager
 def cluster_operation(
-    volume: StateVolume, environment: str, name: str, operation: str
+    volume: StateVolume, environment: str, name: str, operation: str, *, create: bool = False
 ) -> Iterator[ClusterState]:
     """Hold the cluster's Prefect limit and its volume lock; on failure record FAILED.
 
-    A busy lock or a refusal (RefusedError) leaves the cluster's status as it was.
+    Only a provision passes `create`: any other operation on a cluster without a directory
+    is ClusterNotFoundError, and creates nothing. A busy lock or a refusal (RefusedError)
+    leaves the cluster's status as it was.
     """
     run_id = current_run_id()
     with cluster_lock(environment, name):
         cluster = volume.cluster(environment, name)
-        cluster.ensure_dir()
-        with cluster.lock(operation, run_id):
+        with cluster.lock(operation, run_id, create=create):
             try:
                 yield cluster
             except RefusedError:
                 raise
             except BaseException as exc:
                 message = redact(f"{operation} failed: {exc}")
-                cluster.write_status("FAILED", operation, run_id, message)
+                cluster.write_status(Phase.FAILED, operation, run_id, message)
                 update_cluster_artifact(cluster)
                 raise
+
+
+def verify_host_keys(
+    settings: Settings, cluster: ClusterState, targets: list[NodeTarget], command: str
+) -> None:
+    """Check each node's host key again after an RKE command: RKE itself ignores host keys,
+    so a key that changed during the run fails the operation loudly."""
+    logger = get_run_logger()
+    access = settings.access.model_copy(update={"host_key_policy": HostKeyPolicy.REJECT.value})
+    report = check_nodes(
+        targets,
+        access,
+        cluster.read_text("known_hosts") or "",
+        "",
+        ignore_docker_version=True,
+        retry_unreachable=False,
+    )
+    changed = [n for n in report.failures if n.reachable]
+    for node in report.failures:
+        if not node.reachable:
+            logger.warning("Node %s unreachable after %s: %s", node.address, command, node.error)
+    if changed:
+        reasons = "; ".join(f"{n.address}: {n.error}" for n in changed)
+        raise ClusterMgmtError(
+            f"a node's host key no longer matches after {command} (RKE does not check host "
+            f"keys, so it may have talked to another host): {reasons}. Find out why the key "
+            "changed before trusting this cluster"
+        )

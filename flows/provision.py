@@ -1,24 +1,28 @@
-"""Flow provision-cluster: preflight → render → rke up → persist → READY."""
+"""Flow provision-cluster: policy → preflight → render → rke up → persist → READY."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from cluster_mgmt.errors import ClusterMgmtError
+from cluster_mgmt.operations import ProvisionStep, host_key_policy, provision_step
+from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.preflight import NodeTarget
-from cluster_mgmt.rke_config import config_changes, dump_cluster_config, render_cluster_config
+from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
 from flows.operation import (
-    RefusedError,
     check_policy,
     cluster_operation,
     current_run_id,
+    expected_failures,
     finished,
     load_settings,
     report_failure,
+    verify_host_keys,
 )
 from tasks.preflight import NodesUnreachableError, check_nodes
-from tasks.reporting import emit_cluster_event, update_cluster_artifact
+from tasks.reporting import api_witness, emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
 
 
@@ -27,11 +31,12 @@ def node_targets(spec: ClusterSpec, default_user: str) -> list[NodeTarget]:
     return [NodeTarget(n.address, n.port, n.user or default_user) for n in spec.nodes or []]
 
 
-class ProvisionError(RuntimeError):
+class ProvisionError(ClusterMgmtError):
     """Provisioning stopped; the message says why and what to do."""
 
 
 @flow(name="provision-cluster", on_failure=[report_failure])
+@expected_failures
 def provision_cluster(
     spec: ClusterSpec,
     ssh_access: str = "default",
@@ -63,46 +68,48 @@ def provision_cluster(
     config = render_cluster_config(spec, ssh_user=settings.access.user)
     spec_hash = spec.spec_hash()
     run_id = current_run_id()
+    targets = node_targets(spec, settings.access.user)
+    witness = api_witness(spec.environment, spec.name)
 
-    with cluster_operation(volume, spec.environment, spec.name, "provision") as cluster:
-        cluster.record_decision("provision", decision.to_dict())
-        status = cluster.read_status()
-        previous_hash = status.spec_hash if status else None
-        if cluster.rke_state_written() and previous_hash != spec_hash:
-            stored = cluster.read_text("cluster.yml") or ""
-            changed = ", ".join(config_changes(stored, config)) or "settings outside cluster.yml"
-            raise RefusedError(
-                f"cluster {spec.environment}/{spec.name} exists with a different spec (changed: "
-                f"{changed}); provision again with the original spec, or use update-cluster"
-            )
-        cluster.ensure_state_intact()
-        if status and status.phase == "READY" and status.spec_hash == spec_hash:
+    with cluster_operation(
+        volume, spec.environment, spec.name, Operation.PROVISION, create=True
+    ) as cluster:
+        cluster.record_decision(Operation.PROVISION, decision.to_dict())
+        step = provision_step(cluster, spec_hash, config, witness)
+        if step is ProvisionStep.NOTHING_TO_DO:
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)
             return finished(cluster)
-        cluster.write_status("PROVISIONING", "provision", run_id, "checking nodes", spec_hash)
+        logger.info("Provision of %s: %s", spec.cluster_name, step)
+        cluster.write_status(
+            Phase.PROVISIONING, Operation.PROVISION, run_id, "checking nodes", spec_hash
+        )
         update_cluster_artifact(cluster)
 
+        policy_used, why = host_key_policy(cluster, settings.access.policy)
+        if why:
+            logger.warning("%s", why)
+        access = settings.access.model_copy(update={"host_key_policy": policy_used.value})
         try:
             report = check_nodes(
-                node_targets(spec, settings.access.user),
-                settings.access,
+                targets,
+                access,
                 cluster.read_text("known_hosts") or "",
                 spec.kubernetes_version,
                 settings.rke.ignore_docker_version,
             )
         except NodesUnreachableError as exc:
             report = exc.report
-        if report.accepted_host_keys:
-            known = cluster.read_text("known_hosts") or ""
-            cluster.write_text(
-                "known_hosts", known + "".join(f"{k}\n" for k in report.accepted_host_keys)
-            )
+        cluster.append_known_hosts(report.accepted_host_keys)
         if not report.ok:
             update_cluster_artifact(cluster, nodes=report.rows())
             reasons = "; ".join(f"{n.address}: {n.error}" for n in report.failures)
-            raise ProvisionError(f"preflight failed, no node was changed: {reasons}")
+            raise ProvisionError(
+                f"preflight failed, no node was changed: {reasons}" + (f" ({why})" if why else "")
+            )
 
-        cluster.write_status("PROVISIONING", "provision", run_id, "running rke up", spec_hash)
+        cluster.write_status(
+            Phase.PROVISIONING, Operation.PROVISION, run_id, "running rke up", spec_hash
+        )
         outcome = run_rke(
             cluster, "up", dump_cluster_config(config), settings.private_key, settings.driver
         )
@@ -111,8 +118,9 @@ def provision_cluster(
             raise ProvisionError(
                 f"{outcome.summary}; fix the cause and run provision again: it resumes"
             )
+        verify_host_keys(settings, cluster, targets, "rke up")
 
-        cluster.write_status("READY", "provision", run_id, outcome.summary, spec_hash)
+        cluster.write_status(Phase.READY, Operation.PROVISION, run_id, outcome.summary, spec_hash)
         update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
         emit_cluster_event(
             cluster,

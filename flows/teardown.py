@@ -6,23 +6,28 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.operations import host_key_policy
+from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.spec import ClusterName, Environment
 from flows.operation import (
-    RefusedError,
     check_policy,
     cluster_operation,
     current_run_id,
+    expected_failures,
     finished,
     load_settings,
     report_failure,
+    verify_host_keys,
 )
+from tasks.locks import remove_cluster_lock
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
 
 
-class TeardownError(RuntimeError):
+class TeardownError(ClusterMgmtError):
     """Teardown stopped; the message says why and what to do."""
 
 
@@ -34,6 +39,7 @@ def _targets(config: dict, default_user: str) -> list[NodeTarget]:
 
 
 @flow(name="teardown-cluster", on_failure=[report_failure])
+@expected_failures
 def teardown_cluster(
     environment: Environment,
     name: ClusterName,
@@ -60,20 +66,26 @@ def teardown_cluster(
     volume = settings.volume
     decision = check_policy(policy, "rke-cluster-teardown", volume, environment, name, {})
     volume.check_usable()
-    if volume.cluster(environment, name).read_text("cluster.yml") is None:
-        raise TeardownError(
-            f"no cluster {environment}/{name} on the state volume {volume.root}; "
-            "check the environment and name"
-        )
     run_id = current_run_id()
 
-    with cluster_operation(volume, environment, name, "teardown") as cluster:
-        cluster.record_decision("teardown", decision.to_dict())
-        config_text = cluster.read_text("cluster.yml") or ""
+    # Every check of the cluster's files happens under its lock: a concurrent teardown may
+    # have archived it meanwhile (then this one finds no cluster and creates nothing).
+    with cluster_operation(volume, environment, name, Operation.TEARDOWN) as cluster:
+        config_text = cluster.read_text("cluster.yml")
+        if config_text is None:
+            raise RefusedError(
+                f"cluster {environment}/{name} has no cluster.yml on the state volume "
+                f"{volume.root}: nothing RKE could remove; check the environment and name"
+            )
+        cluster.record_decision(Operation.TEARDOWN, decision.to_dict())
         config = yaml.safe_load(config_text)
+        targets = _targets(config, settings.access.user)
+        policy_used, why = host_key_policy(cluster, settings.access.policy)
+        if why:
+            logger.warning("%s", why)
         report = check_nodes(
-            _targets(config, settings.access.user),
-            settings.access,
+            targets,
+            settings.access.model_copy(update={"host_key_policy": policy_used.value}),
             cluster.read_text("known_hosts") or "",
             config.get("kubernetes_version", ""),
             ignore_docker_version=settings.rke.ignore_docker_version,
@@ -82,20 +94,24 @@ def teardown_cluster(
         refused = [n for n in report.failures if n.reachable]
         if refused:
             reasons = "; ".join(f"{n.address}: {n.error}" for n in refused)
-            raise RefusedError(f"preflight failed, nothing was removed: {reasons}")
+            raise RefusedError(
+                f"preflight failed, nothing was removed: {reasons}" + (f" ({why})" if why else "")
+            )
         for node in report.failures:
             logger.warning("Node %s is unreachable; RKE will skip it: %s", node.address, node.error)
 
-        cluster.write_status("DELETING", "teardown", run_id, "running rke remove")
+        cluster.write_status(Phase.DELETING, Operation.TEARDOWN, run_id, "running rke remove")
         update_cluster_artifact(cluster, nodes=report.rows())
         outcome = run_rke(cluster, "remove", config_text, settings.private_key, settings.driver)
         if not outcome.result.ok:
             raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
+        verify_host_keys(settings, cluster, targets, "rke remove")
 
-        cluster.write_status("DELETED", "teardown", run_id, outcome.summary)
+        cluster.write_status(Phase.DELETED, Operation.TEARDOWN, run_id, outcome.summary)
         update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
         status = cluster.read_status()
         archived = cluster.archive()
         emit_cluster_event(cluster, "cluster.deleted", {"archive": archived.name})
         logger.info("Cluster %s/%s removed; state archived at %s", environment, name, archived)
-        return finished(cluster, status, archive=str(archived))
+    remove_cluster_lock(environment, name)
+    return finished(cluster, status, archive=str(archived))

@@ -54,6 +54,7 @@ def embedded_service(
                 ssh_private_key=lab.client_private_key,
                 known_hosts=lab.known_hosts(),
                 rke_binary=rke_binary(),
+                init_volume=True,
             ),
             overwrite_blocks=True,  # lab ports and host keys change at every start
         )

@@ -3,33 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from cluster_mgmt.identity import lock_name
 
 LOCK_WAIT_SECONDS = 4 * 3600
 LEASE_SECONDS = 60  # renewed while held; a killed holder frees the cluster within ~75 s
 
 
-def cluster_lock_name(environment: str, name: str) -> str:
-    """`cluster-<env>-<name>`; unambiguous because environments contain no dash."""
-    return f"cluster-{environment}-{name}"
+def ensure_limit(client: SyncPrefectClient, name: str) -> None:
+    """Make `name` an active limit of 1. Prefect creates none on the fly, skips inactive ones
+    silently, and `upsert_global_concurrency_limit_by_name` leaves `active` alone."""
+    try:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        with suppress(ObjectAlreadyExists):  # a concurrent run created it first
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=1, active=True)
+            )
+        return
+    if not limit.active or limit.limit != 1:
+        client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(limit=1, active=True)
+        )
 
 
 @contextmanager
 def cluster_lock(
     environment: str, name: str, timeout_seconds: float = LOCK_WAIT_SECONDS
 ) -> Iterator[None]:
-    """Hold the cluster's limit (created first: Prefect does not create limits on the fly,
-    and without `strict=True` a missing limit silently means no lock at all)."""
-    lock = cluster_lock_name(environment, name)
+    """Hold the cluster's limit (made active first: without `strict=True` and an active limit,
+    Prefect would silently take no lock at all)."""
+    lock = lock_name(environment, name)
     with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(lock, limit=1)
-        except ObjectAlreadyExists:
-            pass  # a concurrent run created it between our read and our create
+        ensure_limit(client, lock)
     with concurrency(
         lock,
         occupy=1,
@@ -41,3 +56,9 @@ def cluster_lock(
         raise_on_lease_renewal_failure=False,
     ):
         yield
+
+
+def remove_cluster_lock(environment: str, name: str) -> None:
+    """Delete the limit of a cluster that no longer exists (after its teardown)."""
+    with get_client(sync_client=True) as client, suppress(ObjectNotFound):
+        client.delete_global_concurrency_limit_by_name(lock_name(environment, name))

@@ -1,21 +1,31 @@
-"""What clients of the Prefect API see of a cluster: its artifact and its events."""
+"""What clients of the Prefect API see of a cluster: its artifact, its events, its decisions."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from prefect.events import emit_event
+from prefect.utilities.context import get_task_and_flow_run_ids
 
+from cluster_mgmt.identity import artifact_key, resource_id
+from cluster_mgmt.phases import Phase
 from cluster_mgmt.policy import Decision
 from cluster_mgmt.redact import redact
 from cluster_mgmt.state import ClusterState
+
+FINGERPRINT_CHARS = 12
 
 
 def resource(environment: str, name: str) -> dict[str, str]:
     """The event resource of one cluster."""
     return {
-        "prefect.resource.id": f"cluster-mgmt.cluster.{environment}.{name}",
+        "prefect.resource.id": resource_id(environment, name),
         "prefect.resource.name": f"{environment}-{name}",
         "cluster-mgmt.environment": environment,
     }
@@ -41,38 +51,97 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _short(fingerprint: str) -> str:
+    """`SHA256:abcdefghijkl…` — enough to compare by eye; the full one is listed below."""
+    kind, _, digest = fingerprint.partition(":")
+    if not digest or len(digest) <= FINGERPRINT_CHARS:
+        return fingerprint
+    return f"{kind}:{digest[:FINGERPRINT_CHARS]}…"
+
+
+def _nodes_section(nodes: list[dict[str, Any]]) -> list[str]:
+    rows = [{**n, "host_key": _short(str(n.get("host_key", "")))} for n in nodes]
+    keys = [f"- `{n['node']}`: {n['host_key']}" for n in nodes if n.get("host_key")]
+    return ["", "## Nodes", _table(rows), *(["", "Host keys:", *keys] if keys else [])]
+
+
+def one_line_status(cluster: ClusterState) -> str:
+    """`PHASE: message` of the cluster, the artifact's description."""
+    status = cluster.read_status()
+    return redact(f"{status.phase}: {status.message}") if status else "no status yet"
+
+
+@task(name="publish-cluster-status", cache_policy=NO_CACHE)
 def update_cluster_artifact(
     cluster: ClusterState, *, nodes: list[dict[str, Any]] | None = None, detail: str = ""
 ) -> None:
-    """Publish the cluster's status as artifact `cluster-<env>-<name>` (a new version of it)."""
+    """Publish the cluster's status as a new version of artifact `cluster-<env>-<name>`.
+
+    Its description is the one-line status, so lists show the latest state; its metadata
+    records the phase and whether RKE wrote state (the API's witness of a live cluster).
+    """
     status = cluster.read_status()
     health = cluster.read_text("health.json")
-    if status:
-        operation = f"{status.operation} (flow run {status.flow_run_id}, {status.updated_at})"
+    operation = (
+        f"{status.operation} (flow run {status.flow_run_id}, {status.updated_at})"
+        if status
+        else "-"
+    )
     parts = [
         f"# Cluster {cluster.environment}/{cluster.name}",
         f"- **phase**: {status.phase if status else 'unknown'}",
-        f"- **last operation**: {operation if status else '-'}",
+        f"- **last operation**: {operation}",
         f"- **message**: {status.message if status else '-'}",
         f"- **health**: {'see health.json' if health else 'not yet checked'}",
     ]
     if nodes:
-        parts += ["", "## Nodes", _table(nodes)]
+        parts += _nodes_section(nodes)
     if detail:
         parts += ["", detail]
-    create_markdown_artifact(
-        key=f"cluster-{cluster.environment}-{cluster.name}",
-        markdown=redact("\n".join(parts)),
-        description=redact(f"{status.phase}: {status.message}") if status else "no status yet",
-    )
+    task_run_id, flow_run_id = get_task_and_flow_run_ids()
+    metadata = {
+        "phase": str(status.phase) if status else "",
+        "rke_state_written": str(bool(status and status.rke_state_written)).lower(),
+    }
+    with get_client(sync_client=True) as client:
+        client.create_artifact(
+            ArtifactCreate(
+                key=artifact_key(cluster.environment, cluster.name),
+                type="markdown",
+                data=redact("\n".join(parts)),
+                description=one_line_status(cluster),
+                metadata_=metadata,
+                task_run_id=task_run_id,
+                flow_run_id=flow_run_id,
+            )
+        )
 
 
+def api_witness(environment: str, name: str) -> str | None:
+    """Why the Prefect API believes the cluster is live (RKE wrote state for it and it was not
+    torn down), or None: an independent witness when its state directory is missing."""
+    key = artifact_key(environment, name)
+    with get_client(sync_client=True) as client:
+        latest = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])),
+            limit=1,
+        )
+    if not latest:
+        return None
+    metadata = latest[0].metadata_ or {}
+    if metadata.get("rke_state_written") != "true" or metadata.get("phase") == Phase.DELETED:
+        return None
+    return f"the Prefect API's artifact {key} says RKE wrote state for it ({latest[0].description})"
+
+
+@task(name="publish-policy-decision", cache_policy=NO_CACHE)
 def publish_decision(environment: str, name: str, decision: Decision) -> None:
-    """Attach a policy decision to the flow run as a table artifact (one row per violation)."""
+    """The policy decision as table artifact `policy-<env>-<name>` (one row per violation)."""
     rows = [v.to_dict() for v in decision.violations] or [
         {"rule": "-", "message": "no violations", "severity": "-"}
     ]
     create_table_artifact(
-        table=rows,
-        description=redact(f"{environment}/{name}: {decision.summary()}"),
+        key=f"policy-{environment}-{name}",
+        table=[{k: redact(str(v)) for k, v in row.items()} for row in rows],
+        description=redact(f"Policy decision for {environment}/{name}: {decision.summary()}"),
     )

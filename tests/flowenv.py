@@ -24,6 +24,7 @@ class Env:
         self.rke = rke
         self.tag = uuid.uuid4().hex[:8]
         self.root = tmp_path / "state"
+        StateVolume(self.root).initialise()
         self.blocks = {
             "policy": "default",  # no such block: the built-in rules
             "ssh_access": f"ssh-{self.tag}",

@@ -163,7 +163,7 @@ def test_missing_rkestate_is_refused_before_rke(env: Env):
 
 
 def test_busy_cluster_is_refused_with_the_holder(env: Env):
-    env.cluster.ensure_dir()
+    env.cluster.create()
     with env.cluster.lock("teardown", "run-123"):
         state = env.provision()
     assert state.is_failed()
@@ -299,7 +299,7 @@ def test_missing_block_names_itself_and_how_to_create_it(env: Env):
     assert state.is_failed()
     assert "block node-ssh-access/nope does not exist" in failure_message(state)
     assert "cluster-mgmt bootstrap" in failure_message(state)
-    assert not env.root.exists()
+    assert os.listdir(env.root) == ["cluster-mgmt-volume.json"]
 
 
 def test_missing_rke_binary_and_unwritable_root_fail_before_side_effects(env: Env, tmp_path: Path):
@@ -307,15 +307,17 @@ def test_missing_rke_binary_and_unwritable_root_fail_before_side_effects(env: En
     before = env.logins()
     state = env.provision()
     assert state.is_failed() and "rke-settings.binary" in failure_message(state)
-    assert env.logins() == before and not env.root.exists()
+    assert env.logins() == before and os.listdir(env.root) == ["cluster-mgmt-volume.json"]
 
     RkeSettings(binary=env.rke).save(env.blocks["rke_settings"], overwrite=True)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     ClusterStateVolume(root=str(blocker / "state")).save(env.blocks["state_volume"], overwrite=True)
     state = env.provision()
-    assert state.is_failed() and "not writable" in failure_message(state)
-    assert env.logins() == before
+    assert state.is_failed() and "does not exist: the volume is not mounted" in failure_message(
+        state
+    )
+    assert env.logins() == before and not blocker.is_dir()
 
 
 def test_lifecycle_events_reach_the_api(env: Env):
