@@ -152,6 +152,7 @@ class ApplyConflict(Exception):
 def apply(current: dict | None, applied: dict, manager: str, force: bool, api_version: str) -> dict:
     """Server-side apply of `applied` by `manager` onto `current`; raises ApplyConflict."""
     wanted = paths(applied)
+    contested = {w for w in wanted if value_at(applied, w) != {}}  # an empty map takes nothing
     conflicts: list[tuple[str, tuple]] = []
     entries = []
     previous: set[tuple] = set()
@@ -163,12 +164,12 @@ def apply(current: dict | None, applied: dict, manager: str, force: bool, api_ve
         clash = {
             p
             for p in owned
-            for w in wanted
+            for w in contested
             if _overlaps(p, w) and value_at(current, w) != value_at(applied, w)
         }
         if clash and not force:
             conflicts += [(entry["manager"], p) for p in sorted(clash)]
-        owned -= {p for p in owned if any(_overlaps(p, w) for w in wanted)}
+        owned -= {p for p in owned if any(_overlaps(p, w) for w in contested)}
         entries.append({**entry, "fieldsV1": to_fields_v1(owned)})
     if conflicts:
         raise ApplyConflict(conflicts)

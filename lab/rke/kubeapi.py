@@ -10,6 +10,7 @@ add-on jobs would do) are written here too. Without a supervisor nothing listens
 from __future__ import annotations
 
 import json
+import uuid
 
 from lab.kube import supervisor
 from lab.kube.store import STORE_RELATIVE
@@ -140,6 +141,11 @@ def sync_nodes(config: dict, cluster) -> None:
                     }
                 ],
                 "nodeInfo": {
+                    "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, host.address).hex,
+                    "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_URL, host.address)),
+                    "bootID": str(uuid.uuid5(uuid.NAMESPACE_OID, host.address)),
+                    "kernelVersion": "6.1.0-lab",
+                    "osImage": "Lab Linux",
                     "kubeletVersion": version,
                     "kubeProxyVersion": version,
                     "containerRuntimeVersion": f"docker://{host.docker_version}",
