@@ -3,7 +3,9 @@
 The Kubernetes side of a cluster is modelled, not run: what rke would store through the API
 (the Secret `kube-system/full-cluster-state`, nodes, addon ConfigMaps) is kept in the etcd data
 directory of every etcd node (`/var/lib/etcd/lab-kube-store.json`), so it lives and dies with
-etcd (snapshots carry it, `remove` wipes it). A control plane host's API "answers" when a real
+etcd (snapshots carry it, `remove` wipes it). With a lab supervisor the same file holds the lab
+API server's objects, and what rke writes to Kubernetes goes through that API (lab.rke.kubeapi).
+A control plane host's API "answers" when a real
 HTTPS server answers on `<address>:6443` with the admin kubeconfig, or, in the lab model, when
 its `kube-apiserver` container is running. Calls that rke makes with client-go from the CLI
 (`rke version`, `util get-state-file`, the legacy-cluster path) only use real HTTPS.

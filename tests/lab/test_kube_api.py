@@ -482,6 +482,21 @@ def test_faults_through_the_control_channel(admin, lab_supervisor, ca_file):
     assert client.VersionApi(admin).get_code().git_version == "v1.30.5"
 
 
+def test_api_objects_live_in_etcd_snapshots(cluster, admin):
+    """The server's data is etcd's: a snapshot restore brings back what was there then."""
+    core = client.CoreV1Api(admin)
+    core.create_namespaced_config_map("default", {"metadata": {"name": "before-snapshot"}})
+    run = cluster.run("etcd", "snapshot-save", "--name", "snap1", "--config", "cluster.yml")
+    assert run.code == 0, run.tail
+    core.create_namespaced_config_map("default", {"metadata": {"name": "after-snapshot"}})
+    run = cluster.run("etcd", "snapshot-restore", "--name", "snap1", "--config", "cluster.yml")
+    assert run.code == 0, run.tail
+    names = {c.metadata.name for c in core.list_namespaced_config_map("default").items}
+    assert "before-snapshot" in names and "after-snapshot" not in names
+    version = cluster.run("version", "--config", "cluster.yml")
+    assert version.code == 0 and 'GitVersion:"v1.30.5"' in version.stdout, version.tail
+
+
 def test_rke_remove_stops_the_api_server(cluster):
     run = cluster.run("remove", "--force", "--config", "cluster.yml")
     assert run.code == 0, run.tail
