@@ -66,6 +66,16 @@ def lab_rke() -> str:
     return str(BIN / "lab-rke")
 
 
+@pytest.fixture(scope="session")
+def lab_supervisor():
+    """The lab supervisor that owns lab Kubernetes API servers; tests export its socket with
+    `monkeypatch.setenv(lab.kube.supervisor.ENV, lab_supervisor.socket_path)`."""
+    from lab.kube.supervisor import LabSupervisor
+
+    with LabSupervisor(_HOME / "supervisor", export=False) as supervisor:
+        yield supervisor
+
+
 @pytest.fixture(scope="module")
 def lab_nodes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """Three lab nodes (real sshd) for one test module; each module gets its own addresses."""

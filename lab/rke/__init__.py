@@ -5,8 +5,10 @@ on stdout, cluster.yml parsed like yaml.v2, rke's defaults and validation order,
 SSH (paramiko) to every node, plain 0600 writes of `<name>.rkestate` and `kube_config_<name>`.
 On the nodes it drives the `docker` stand-in (lab.docker): certificates land in the node's
 `$LAB_NODE_ROOT/etc/kubernetes/ssl`, containers are recorded, `remove` empties rke's
-directories. Kubernetes itself is modelled (see lab.rke.cluster), not run: there is no API
-server, so `rke version` fails the way it does against a closed port.
+directories. Kubernetes itself is modelled (see lab.rke.cluster). With a lab supervisor
+(`LAB_KUBE_SUPERVISOR`, see lab.kube) `rke up` starts the cluster's API server on the first
+control plane's `:6443` and talks to it as rke does; without one nothing listens there, so
+`rke version` fails the way it does against a closed port.
 
 Fault injection
 ---------------

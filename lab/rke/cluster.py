@@ -3,7 +3,9 @@
 The Kubernetes side of a cluster is modelled, not run: what rke would store through the API
 (the Secret `kube-system/full-cluster-state`, nodes, addon ConfigMaps) is kept in the etcd data
 directory of every etcd node (`/var/lib/etcd/lab-kube-store.json`), so it lives and dies with
-etcd (snapshots carry it, `remove` wipes it). A control plane host's API "answers" when a real
+etcd (snapshots carry it, `remove` wipes it). With a lab supervisor the same file holds the lab
+API server's objects, and what rke writes to Kubernetes goes through that API (lab.rke.kubeapi).
+A control plane host's API "answers" when a real
 HTTPS server answers on `<address>:6443` with the admin kubeconfig, or, in the lab model, when
 its `kube-apiserver` container is running. Calls that rke makes with client-go from the CLI
 (`rke version`, `util get-state-file`, the legacy-cluster path) only use real HTTPS.
@@ -23,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lab.rke import config as cfg
-from lab.rke import hosts, kube, pki, schema
+from lab.rke import hosts, kube, kubeapi, pki, schema
 from lab.rke import state as st
 from lab.rke.errors import RkeError
 from lab.rke.faults import faults
@@ -612,6 +614,8 @@ def _cluster_up(cluster, full: dict, flags: Flags, restore: bool) -> None:
     workers_only = flags.update_only and current is not None
     deploy_etcd(cluster, workers_only)
     deploy_control_plane(cluster, upgrade, workers_only)
+    if cluster.control_hosts and not workers_only:
+        kubeapi.start(cluster)
     apply_authz(cluster)
     update_current_state(cluster, full)
     if faults.checkpoint("state"):
@@ -1146,6 +1150,10 @@ def _pruned(full: dict) -> dict:
 def save_full_state_to_k8s(cluster, full: dict) -> None:
     log.info("[state] Saving full cluster state to Kubernetes")
     payload = json.dumps(_pruned(full), separators=(",", ":"))
+    api = kubeapi.client(cluster)
+    if api is not None:
+        kubeapi.save_full_state(api, payload)
+        return
 
     def change(store: dict) -> None:
         store.setdefault("secrets", {})["kube-system/full-cluster-state"] = {
@@ -1193,6 +1201,11 @@ def sync_labels(cluster) -> None:
     if not cluster.control_hosts:
         return
     log.info("[sync] Syncing nodes Labels and Taints")
+    api = kubeapi.client(cluster)
+    if api is not None:
+        kubeapi.sync_nodes(api, cluster)
+        log.info("[sync] Successfully synced nodes Labels and Taints")
+        return
 
     def change(store: dict) -> None:
         nodes = {}
@@ -1289,6 +1302,10 @@ def configure_cluster(cluster) -> None:
         _addon("rke-user-includes-addons")
     else:
         log.info("[addons] No included addon paths or urls")
+    api = kubeapi.client(cluster)
+    if api is not None:
+        kubeapi.deploy_addons(api, cluster)
+        return
 
     def change(store: dict) -> None:
         store.setdefault("configmaps", {})["kube-system/rke-network-plugin"] = {"plugin": plugin}
@@ -1314,6 +1331,7 @@ def rebuild_with_rotated_certificates(flags: Flags) -> None:
         cluster.certificates = copy.deepcopy(full["desiredState"].get("certificatesBundle") or {})
         set_up_hosts(cluster, True)
         update_current_state(cluster, full)
+        kubeapi.start(cluster)
         try:
             save_full_state_to_k8s(cluster, full)
         except RkeError as exc:
@@ -1421,6 +1439,7 @@ def cluster_remove(config: dict, flags: Flags) -> None:
         tunnel(cluster)
         log.debug("Starting Cluster removal")
         cleanup_nodes(cluster)
+        kubeapi.stop(cluster)
     finally:
         hosts.close_all(cluster)
     st.remove_admin_config(cluster.kube_config_path)

@@ -135,6 +135,11 @@ class Tunnel:
     def one(self, *args: str, stdin: bytes | None = None) -> Result:
         return self.batch([(list(args), stdin)])[0]
 
+    def node_root(self) -> str:
+        """Lab only: where this node's filesystem lives on the lab machine ($LAB_NODE_ROOT)."""
+        _, stdout, _ = self.client.exec_command("printenv LAB_NODE_ROOT", timeout=30)
+        return stdout.read().decode().strip()
+
     def close(self) -> None:
         try:
             self.client.close()

@@ -1,8 +1,8 @@
 """The Kubernetes API as rke reaches it: over HTTPS with the admin kubeconfig (client-go).
 
-There is no API server in the lab unless something listens on `<controlplane>:6443`, so these
-calls fail the way client-go fails against a closed port (`dial tcp ...: connect: connection
-refused`). rke's error texts wrap them.
+The lab's API server (lab.kube, started by `rke up` when a lab supervisor runs) listens on
+`<controlplane>:6443`; without one these calls fail the way client-go fails against a closed port
+(`dial tcp ...: connect: connection refused`). rke's error texts wrap them.
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ def load(path: str) -> dict:
     }
 
 
-def request(config: dict, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+def request(
+    config: dict,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, bytes]:
     url = urlparse(config["server"])
     host, port = url.hostname or "", url.port or 443
     full = f"{config['server']}{path}?timeout={TIMEOUT}"
@@ -71,8 +77,10 @@ def request(config: dict, method: str, path: str, body: dict | None = None) -> t
         conn = http.client.HTTPSConnection(host, port, timeout=2, context=context)
         try:
             payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, f"{path}?timeout={TIMEOUT}", body=payload, headers=headers)
+            headers = {"Content-Type": content_type} if payload else {}
+            headers["User-Agent"] = "rke/v1.6.3"
+            sep = "&" if "?" in path else "?"
+            conn.request(method, f"{path}{sep}timeout={TIMEOUT}", body=payload, headers=headers)
             response = conn.getresponse()
             return response.status, response.read()
         finally:
