@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from prefect import flow, get_run_logger
 from prefect.states import State
@@ -9,9 +11,12 @@ from prefect.states import State
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation, Phase
+from cluster_mgmt.policy import Decision
 from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.spec import ClusterName, Environment
+from cluster_mgmt.state import ClusterNotFoundError, ClusterState, Status
 from flows.operation import (
+    Settings,
     check_policy,
     cluster_operation,
     current_run_id,
@@ -61,7 +66,6 @@ def teardown_cluster(
         rke_settings: Name of the `rke-settings` block.
         policy: Name of the `policy-service` block; without one, the built-in rules apply.
     """
-    logger = get_run_logger()
     settings = load_settings(ssh_access, state_volume, rke_settings)
     volume = settings.volume
     decision = check_policy(policy, "rke-cluster-teardown", volume, environment, name, {})
@@ -70,48 +74,63 @@ def teardown_cluster(
 
     # Every check of the cluster's files happens under its lock: a concurrent teardown may
     # have archived it meanwhile (then this one finds no cluster and creates nothing).
-    with cluster_operation(volume, environment, name, Operation.TEARDOWN) as cluster:
-        config_text = cluster.read_text("cluster.yml")
-        if config_text is None:
-            raise RefusedError(
-                f"cluster {environment}/{name} has no cluster.yml on the state volume "
-                f"{volume.root}: nothing RKE could remove; check the environment and name"
-            )
-        cluster.record_decision(Operation.TEARDOWN, decision.to_dict())
-        config = yaml.safe_load(config_text)
-        targets = _targets(config, settings.access.user)
-        policy_used, why = host_key_policy(cluster, settings.access.policy)
-        if why:
-            logger.warning("%s", why)
-        report = check_nodes(
-            targets,
-            settings.access.model_copy(update={"host_key_policy": policy_used.value}),
-            cluster.read_text("known_hosts") or "",
-            config.get("kubernetes_version", ""),
-            ignore_docker_version=settings.rke.ignore_docker_version,
-            retry_unreachable=False,
-        )
-        refused = [n for n in report.failures if n.reachable]
-        if refused:
-            reasons = "; ".join(f"{n.address}: {n.error}" for n in refused)
-            raise RefusedError(
-                f"preflight failed, nothing was removed: {reasons}" + (f" ({why})" if why else "")
-            )
-        for node in report.failures:
-            logger.warning("Node %s is unreachable; RKE will skip it: %s", node.address, node.error)
-
-        cluster.write_status(Phase.DELETING, Operation.TEARDOWN, run_id, "running rke remove")
-        update_cluster_artifact(cluster, nodes=report.rows())
-        outcome = run_rke(cluster, "remove", config_text, settings.private_key, settings.driver)
-        if not outcome.result.ok:
-            raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
-        verify_host_keys(settings, cluster, targets, "rke remove")
-
-        cluster.write_status(Phase.DELETED, Operation.TEARDOWN, run_id, outcome.summary)
-        update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
-        status = cluster.read_status()
-        archived = cluster.archive()
-        emit_cluster_event(cluster, "cluster.deleted", {"archive": archived.name})
-        logger.info("Cluster %s/%s removed; state archived at %s", environment, name, archived)
+    try:
+        with cluster_operation(volume, environment, name, Operation.TEARDOWN) as cluster:
+            status, archived = _remove(cluster, settings, decision, run_id)
+    except ClusterNotFoundError:
+        remove_cluster_lock(environment, name)  # re-made by this run while it waited
+        raise
     remove_cluster_lock(environment, name)
     return finished(cluster, status, archive=str(archived))
+
+
+def _remove(
+    cluster: ClusterState, settings: Settings, decision: Decision, run_id: str
+) -> tuple[Status, Path]:
+    """Preflight, `rke remove --force`, host keys checked again, DELETED, archive."""
+    logger = get_run_logger()
+    config_text = cluster.read_text("cluster.yml")
+    if config_text is None:
+        raise RefusedError(
+            f"cluster {cluster.environment}/{cluster.name} has no cluster.yml on the state "
+            "volume: nothing RKE could remove; check the environment and name"
+        )
+    cluster.record_decision(Operation.TEARDOWN, decision.to_dict())
+    config = yaml.safe_load(config_text)
+    targets = _targets(config, settings.access.user)
+    policy_used, why = host_key_policy(cluster, settings.access.policy)
+    if why:
+        logger.warning("%s", why)
+    report = check_nodes(
+        targets,
+        settings.access.model_copy(update={"host_key_policy": policy_used.value}),
+        cluster.read_text("known_hosts") or "",
+        config.get("kubernetes_version", ""),
+        ignore_docker_version=settings.rke.ignore_docker_version,
+        retry_unreachable=False,
+    )
+    refused = [n for n in report.failures if n.reachable]
+    if refused:
+        reasons = "; ".join(f"{n.address}: {n.error}" for n in refused)
+        raise RefusedError(
+            f"preflight failed, nothing was removed: {reasons}" + (f" ({why})" if why else "")
+        )
+    for node in report.failures:
+        logger.warning("Node %s is unreachable; RKE will skip it: %s", node.address, node.error)
+
+    cluster.write_status(Phase.DELETING, Operation.TEARDOWN, run_id, "running rke remove")
+    update_cluster_artifact(cluster, nodes=report.rows())
+    outcome = run_rke(cluster, "remove", config_text, settings.private_key, settings.driver)
+    if not outcome.result.ok:
+        raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
+    verify_host_keys(settings, cluster, targets, "rke remove")
+
+    cluster.write_status(Phase.DELETED, Operation.TEARDOWN, run_id, outcome.summary)
+    update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
+    status = cluster.read_status()
+    archived = cluster.archive()
+    emit_cluster_event(cluster, "cluster.deleted", {"archive": archived.name})
+    logger.info(
+        "Cluster %s/%s removed; state archived at %s", cluster.environment, cluster.name, archived
+    )
+    return status, archived

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from cluster_mgmt.identity import lock_name
 
 LOCK_WAIT_SECONDS = 4 * 3600
+ATTEMPTS = 3
 LEASE_SECONDS = 60  # renewed while held; a killed holder frees the cluster within ~75 s
 
 
@@ -43,19 +45,30 @@ def cluster_lock(
     """Hold the cluster's limit (made active first: without `strict=True` and an active limit,
     Prefect would silently take no lock at all)."""
     lock = lock_name(environment, name)
-    with get_client(sync_client=True) as client:
-        ensure_limit(client, lock)
-    with concurrency(
-        lock,
-        occupy=1,
-        strict=True,
-        timeout_seconds=timeout_seconds,
-        lease_duration=LEASE_SECONDS,
-        # A brief API outage must not cancel a running `rke up`: the flock on the volume
-        # still keeps operations apart.
-        raise_on_lease_renewal_failure=False,
-    ):
-        yield
+    for attempt in range(ATTEMPTS):
+        with get_client(sync_client=True) as client:
+            ensure_limit(client, lock)
+        held = ExitStack()
+        try:
+            slot = concurrency(
+                lock,
+                occupy=1,
+                strict=True,
+                timeout_seconds=timeout_seconds,
+                lease_duration=LEASE_SECONDS,
+                # A brief API outage must not cancel a running `rke up`: the flock on the
+                # volume still keeps operations apart.
+                raise_on_lease_renewal_failure=False,
+            )
+            held.enter_context(slot)
+        except ConcurrencySlotAcquisitionError:
+            # a teardown finished while we waited and removed the limit: make it again
+            if attempt == ATTEMPTS - 1:
+                raise
+            continue
+        with held:
+            yield
+        return
 
 
 def remove_cluster_lock(environment: str, name: str) -> None:
