@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ _LOGRUS = re.compile(r'level=(\w+) msg="((?:[^"\\]|\\.)*)"')
 _LOGRUS_BARE = re.compile(r"level=(\w+) msg=(\S+)")
 _ADDON_FAILURE = "Failed to deploy addon execute job"
 KILL_GRACE_SECONDS = 10.0
+LAST_LINES = 3
+_WRAPPER = Path(__file__).with_name("die_with_parent.py")
 
 
 class DriverError(Exception):
@@ -41,11 +44,17 @@ class RunResult:
     timed_out: bool = False
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
-    last_message: str | None = None
+    output_error: str | None = None
+    """Why handling rke's output failed (the line sink raised); rke still ran to its end."""
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and self.output_error is None
+
+    @property
+    def last_message(self) -> str | None:
+        return self.last_lines[-1] if self.last_lines else None
 
 
 class ClusterDriver(Protocol):
@@ -86,17 +95,6 @@ def _unquote(text: str) -> str:
     """Undo Go's %q escaping of a logrus message."""
     escapes = {"n": "\n", "t": "\t", "r": "\r"}
     return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), text)
-
-
-def _die_with_parent() -> None:
-    """Runs in the child: SIGKILL it if the process that started it dies (Linux prctl).
-
-    RKE runs in its own session so a timeout can kill its whole group; without this a
-    killed worker would leave RKE writing into a staging directory nobody owns.
-    """
-    os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -161,18 +159,23 @@ class RkeDriver:
         """Run `rke <args>` in `cwd`, streaming redacted lines to `on_line`, with a hard timeout.
 
         Success is exit code 0 (never `-q`: it hides the fatal message). On timeout, or when
-        the caller is interrupted, the whole process group is killed.
+        the caller is interrupted, the whole process group is killed. rke runs in its own
+        session, started through ``cluster_mgmt/die_with_parent.py`` so the kernel kills it if
+        this process dies; that signal fires when the *thread* that started rke exits, so this
+        method starts rke and waits for it in the calling thread. Whatever `on_line` raises,
+        rke's output is drained to the end (a stalled pipe would block rke): the first error
+        is kept in ``output_error`` and the run is not ok.
         """
         command = [self.executable(), *args]
         started = time.monotonic()
         process = subprocess.Popen(
-            command,
+            [*_tethered(), *command],
             cwd=cwd,
             env={**_child_environment(), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid + PDEATHSIG, see docstring
+            start_new_session=True,
         )
         result = RunResult(
             command=[Path(command[0]).name, *args], exit_code=None, duration_seconds=0
@@ -183,7 +186,6 @@ class RkeDriver:
             result.exit_code = process.wait(timeout=self.timeout_seconds)
         except subprocess.TimeoutExpired:
             result.timed_out = True
-            result.error = f"rke {args[0]} did not finish within {self.timeout_seconds:g} s; killed"
             _kill_group(process)
             result.exit_code = process.returncode
         except BaseException:
@@ -192,24 +194,67 @@ class RkeDriver:
         finally:
             reader.join()  # the group is dead or done: its output ends; checkpoints finish
             result.duration_seconds = time.monotonic() - started
-        if result.exit_code != 0 and result.error is None:
-            result.error = result.last_message or f"rke {args[0]} exited with {result.exit_code}"
+        result.error = self._failure(args[0], result)
         return result
+
+    def _failure(self, operation: str, result: RunResult) -> str | None:
+        """What went wrong, in one line: rke's own fatal message, else how it ended."""
+        tail = f" (last lines: {' | '.join(result.last_lines)})" if result.last_lines else ""
+        code = result.exit_code
+        if result.timed_out:
+            error = (
+                f"rke {operation} did not finish within {self.timeout_seconds:g} s; killed{tail}"
+            )
+        elif code is not None and code < 0:
+            error = f"rke {operation} was killed by {_signal_name(-code)}{tail}"
+        elif code != 0:
+            error = result.error or f"rke {operation} exited with {code}{tail}"
+        else:
+            error = None
+        if result.output_error is None:
+            return error
+        problem = f"handling rke's output failed: {result.output_error}"
+        return f"{error}; {problem}" if error else f"rke {operation} exited with 0, but {problem}"
 
     @staticmethod
     def _pump(process: subprocess.Popen, result: RunResult, on_line: LineSink) -> None:
+        """Read rke's output to its end, whatever handling a line raises."""
         assert process.stdout is not None
         for raw in process.stdout:
-            line = redact(raw.decode("utf-8", errors="replace").rstrip("\n"))
-            if not line.strip():
-                continue
-            level, message = parse_line(line)
-            if level == "warning" and _ADDON_FAILURE in message:
-                result.warnings.append(message)
-            if level in ("error", "fatal"):
-                result.error = message
-            result.last_message = message
-            on_line(level, message)
+            try:
+                RkeDriver._take(raw, result, on_line)
+            except Exception as exc:  # noqa: BLE001 - kept in the result; the pipe must drain
+                if result.output_error is None:
+                    result.output_error = redact(f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _take(raw: bytes, result: RunResult, on_line: LineSink) -> None:
+        line = redact(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        if not line.strip():
+            return
+        level, message = parse_line(line)
+        if level == "warning" and _ADDON_FAILURE in message:
+            result.warnings.append(message)
+        if level in ("error", "fatal"):
+            result.error = message
+        result.last_lines.append(message)
+        on_line(level, message)
+
+
+def _tethered() -> list[str]:
+    """The argv prefix that runs a command under ``die_with_parent`` for this process.
+
+    The wrapper runs by path in isolated mode (stdlib only): it works whatever the working
+    directory or PYTHONPATH, and nothing in them can shadow what it imports.
+    """
+    return [sys.executable, "-I", str(_WRAPPER), str(os.getpid()), "--"]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -11,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from cluster_mgmt.driver import ClusterDriver, RunResult
 from cluster_mgmt.keyfile import private_key_file
 from cluster_mgmt.rke_config import with_key_path
-from cluster_mgmt.state import ClusterState
+from cluster_mgmt.state import ClusterState, StateError
 
 WROTE_FILE = ("Successfully Deployed state file at", "Successfully Deployed local admin kubeconfig")
 LEVELS = {
@@ -32,6 +33,7 @@ class RkeOutcome:
     result: RunResult
     promoted: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    checkpoint_error: str | None = None
 
     @property
     def summary(self) -> str:
@@ -44,6 +46,11 @@ class RkeOutcome:
         if self.rejected:
             text += (
                 f"; unreadable output kept in history, previous kept: {', '.join(self.rejected)}"
+            )
+        if self.checkpoint_error:
+            text += (
+                f"; keeping rke's files during the run failed ({self.checkpoint_error}), "
+                "they were kept when it ended"
             )
         return text
 
@@ -65,18 +72,53 @@ def run_rke(
         The command's result and which files were promoted or rejected.
     """
     logger = get_run_logger()
+    checkpoint_errors: list[str] = []
+    result: RunResult | None = None
+    stage: Path | None = None
 
-    with private_key_file(private_key) as key_path, cluster.staging(operation) as stage:
-
-        def log_line(level: str, message: str) -> None:
-            logger.log(LEVELS.get(level, logging.INFO), "rke: %s", message)
-            if message.startswith(WROTE_FILE):
-                # RKE rewrites its state in place later in the run; keep each complete write
+    def log_line(level: str, message: str) -> None:
+        logger.log(LEVELS.get(level, logging.INFO), "rke: %s", message)
+        if stage is not None and message.startswith(WROTE_FILE):
+            # RKE rewrites its state in place later in the run; keep each complete write.
+            # A failure here must not stop rke: it is logged and retried when rke ends.
+            try:
                 cluster.promote(stage, checkpoint=True)
+            except Exception as exc:  # noqa: BLE001 - any error: ENOSPC, EROFS, EIO, bad status
+                checkpoint_errors.append(f"{type(exc).__name__}: {exc}")
+                logger.error("rke: keeping what rke wrote failed (%s); retried when rke ends", exc)
 
-        (stage / "cluster.yml").write_text(with_key_path(config_text, key_path))
-        (stage / "cluster.yml").chmod(0o600)
-        run = {"up": driver.up, "remove": driver.remove}[operation]
-        result = run(stage, log_line)
+    try:
+        with private_key_file(private_key) as key_path, cluster.staging(operation) as stage:
+            (stage / "cluster.yml").write_text(with_key_path(config_text, key_path))
+            (stage / "cluster.yml").chmod(0o600)
+            run = {"up": driver.up, "remove": driver.remove}[operation]
+            result = run(stage, log_line)
+    except Exception as exc:
+        if result is None:
+            raise
+        raise StateError(_not_kept(result, exc, checkpoint_errors, stage)) from exc
     promotion = cluster.last_promotion
-    return RkeOutcome(result, list(promotion.promoted), list(promotion.rejected))
+    return RkeOutcome(
+        result,
+        list(promotion.promoted),
+        list(promotion.rejected),
+        checkpoint_errors[0] if checkpoint_errors else None,
+    )
+
+
+def _not_kept(
+    result: RunResult, error: Exception, checkpoint_errors: list[str], stage: Path | None
+) -> str:
+    """One line: how rke ended, why its files are not on the volume, where they wait."""
+    ended = (
+        f"rke {result.command[1]} succeeded (exit code 0)"
+        if result.ok
+        else f"rke {result.command[1]} failed: {result.error}"
+    )
+    text = f"{ended}, but keeping what it wrote on the state volume failed: {error}"
+    if checkpoint_errors:
+        text += f"; it failed during the run too: {checkpoint_errors[0]}"
+    return (
+        f"{text}. Its files stay in {stage} and are kept by the next operation on this "
+        "cluster once the volume is fixed"
+    )
