@@ -1,18 +1,62 @@
-"""Cluster identity: the names derived from a cluster's environment and name."""
+"""Who a cluster is: the environment and name rules, and every key derived from them.
+
+An environment has no dash, so `<prefix>-<env>-<name>` and `<env>-<name>` stay unambiguous:
+`prod`/`eu-web` can never collide with another cluster's keys.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def lock_name(environment: str, name: str) -> str:
-    """The Prefect global concurrency limit `cluster-<env>-<name>` (environments have no dash)."""
-    return f"cluster-{environment}-{name}"
+from cluster_mgmt.patterns import TextRule
+
+ENVIRONMENT = TextRule(r"[a-z0-9]{1,20}", 20, "use 1-20 lowercase letters and digits (no dashes)")
+NAME = TextRule(
+    r"[a-z0-9](?:[-a-z0-9]{0,38}[a-z0-9])?",
+    40,
+    "use a DNS-1123 label of at most 40 characters: lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit",
+)
+
+Environment = ENVIRONMENT.type("environment")
+ClusterName = NAME.type("name")
 
 
-def artifact_key(environment: str, name: str) -> str:
-    """The key of the cluster's Prefect artifact, `cluster-<env>-<name>`."""
-    return f"cluster-{environment}-{name}"
+@dataclass(frozen=True)
+class ClusterId:
+    """One cluster's identity; constructing it checks both parts."""
 
+    environment: str
+    name: str
 
-def resource_id(environment: str, name: str) -> str:
-    """The Prefect event resource of the cluster."""
-    return f"cluster-mgmt.cluster.{environment}.{name}"
+    def __post_init__(self) -> None:
+        ENVIRONMENT.check(self.environment, "environment")
+        NAME.check(self.name, "name")
+
+    @property
+    def lock_name(self) -> str:
+        """The Prefect global concurrency limit serialising operations: `cluster-<env>-<name>`."""
+        return f"cluster-{self.environment}-{self.name}"
+
+    @property
+    def artifact_key(self) -> str:
+        """The Prefect artifact holding the cluster's status: `cluster-<env>-<name>`."""
+        return self.lock_name
+
+    @property
+    def kubeconfig_block(self) -> str:
+        """The Prefect `Secret` block with the customer kubeconfig: `kubeconfig-<env>-<name>`."""
+        return f"kubeconfig-{self.environment}-{self.name}"
+
+    @property
+    def rke_cluster_name(self) -> str:
+        """RKE's `cluster_name`: `<env>-<name>`."""
+        return f"{self.environment}-{self.name}"
+
+    @property
+    def event_resource_id(self) -> str:
+        """The resource of the cluster's Prefect events: `cluster-mgmt.cluster.<env>.<name>`."""
+        return f"cluster-mgmt.cluster.{self.environment}.{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.environment}/{self.name}"

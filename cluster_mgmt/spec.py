@@ -1,24 +1,88 @@
-"""The cluster request: a validated, self-describing specification of one RKE cluster."""
+"""The cluster request: a validated, self-describing specification of one RKE cluster.
+
+Every rule JSON Schema can state is also in the model's JSON schema, which Prefect makes the
+deployments' parameter schema: the server refuses a bad request before a flow run exists.
+What JSON Schema cannot say (duplicates across nodes, etcd counts, retention against interval)
+the validators below check when the flow starts, before any side effect.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 import json
-import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-
-ENVIRONMENT_RE = re.compile(r"^[a-z0-9]{1,20}$")
-DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-    r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
 )
-LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
-KUBERNETES_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+-rancher\d+-\d+$")
+
+from cluster_mgmt.identity import ClusterId, ClusterName, Environment
+from cluster_mgmt.patterns import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    K8S_NAME,
+    TextRule,
+    anchored,
+    omit_null,
+)
+
+_IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}"
+_IPV6_CHARS = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"  # the exact parse is ipaddress's, in Python
+_HOST_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+# The last label holds a letter, so no hostname reads as a malformed IPv4 address.
+HOSTNAME = TextRule(
+    rf"(?:{_HOST_LABEL}\.)*(?=[-0-9]*[A-Za-z]){_HOST_LABEL}",
+    253,
+    "it is neither an IP address nor a hostname; use letters, digits, '-' and '.' only",
+)
+ADDRESS_SCHEMA = {
+    "type": "string",
+    "pattern": anchored(f"{_IPV4}|{_IPV6_CHARS}|{HOSTNAME.body}"),
+    "maxLength": HOSTNAME.max_length,
+}
+SUBDOMAIN = TextRule(
+    DNS_SUBDOMAIN,
+    253,
+    "use a lowercase RFC 1123 subdomain: lowercase letters, digits, '-' and '.', each part "
+    "starting and ending with a letter or digit, at most 253 characters",
+)
+QUALIFIED_NAME = TextRule(
+    rf"(?:(?=[^/]{{1,253}}/){DNS_SUBDOMAIN}/)?{K8S_NAME}",
+    253 + 1 + 63,
+    "use [prefix/]name: an optional lowercase DNS subdomain prefix (at most 253 characters) "
+    "and a name of 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+    "or digit",
+)
+LABEL_VALUE = TextRule(
+    f"(?:{K8S_NAME})?",
+    63,
+    "use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or "
+    "digit (or leave it empty)",
+)
+USER = TextRule(
+    r"[a-z_][a-z0-9_-]{0,31}",
+    32,
+    "use a login name: a lowercase letter or '_', then lowercase letters, digits, '_' or '-'",
+)
+KUBERNETES_VERSION = TextRule(
+    r"v[0-9]+\.[0-9]+\.[0-9]+-rancher[0-9]+-[0-9]+",
+    64,
+    "use an RKE version such as 'v1.30.5-rancher1-1'",
+)
+K8S_OBJECT_NAME = TextRule(
+    DNS_LABEL,
+    63,
+    "use a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending "
+    "with a letter or digit",
+)
 
 Role = Literal["controlplane", "etcd", "worker"]
 NetworkPlugin = Literal["canal", "flannel", "calico", "weave", "none"]
@@ -28,117 +92,99 @@ class SpecError(ValueError):
     """A request that cannot be served as written; the message names the field and the fix."""
 
 
-def _environment(value: str) -> str:
-    if not ENVIRONMENT_RE.fullmatch(value):
+def _check_address(value: str, field: str) -> str:
+    """An IP address (normalised; no IPv6 zone id) or a hostname (lowercased)."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return HOSTNAME.check(value, field).lower()
+    if getattr(ip, "scope_id", None):
         raise ValueError(
-            f"environment {value!r} must be 1-20 lowercase letters and digits (no dashes)"
+            f"{field} {value!r} carries an IPv6 zone id; give the address without '%{ip.scope_id}'"
         )
-    return value
+    return str(ip)
 
 
-def _cluster_name(value: str) -> str:
-    if len(value) > 40 or not DNS_LABEL_RE.fullmatch(value):
-        raise ValueError(
-            f"name {value!r} must be a DNS-1123 label of at most 40 characters: lowercase "
-            "letters, digits and '-', starting and ending with a letter or digit"
-        )
-    return value
+def _address(field: str) -> Any:
+    return Annotated[
+        str,
+        AfterValidator(lambda value: _check_address(value, field)),
+        WithJsonSchema(ADDRESS_SCHEMA),
+    ]
 
 
-Environment = Annotated[str, AfterValidator(_environment)]
-ClusterName = Annotated[str, AfterValidator(_cluster_name)]
+def _labels(key_rule: TextRule, value_rule: TextRule, what: str) -> Any:
+    """A string-to-string mapping whose keys and values keep their rules."""
+    return Annotated[
+        dict[key_rule.type(f"{what} key"), value_rule.type(f"{what} value")],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "propertyNames": key_rule.json_schema(),
+                "additionalProperties": value_rule.json_schema(),
+            }
+        ),
+    ]
+
+
+def _optional(description: str, schema: dict[str, Any] | None = None, **constraints: Any) -> Any:
+    """An optional field shown in the UI as a plain field (see `omit_null`)."""
+
+    def extra(field_schema: dict[str, Any]) -> None:
+        omit_null(field_schema)
+        field_schema.update(schema or {})
+
+    return Field(default=None, description=description, json_schema_extra=extra, **constraints)
+
+
+Address = _address("address")
+InternalAddress = _address("internal_address")
+HostAddress = _address("hosts")
+HostnameOverride = SUBDOMAIN.type("hostname_override")
+User = USER.type("user")
+Labels = _labels(QUALIFIED_NAME, LABEL_VALUE, "label")
+TaintKey = QUALIFIED_NAME.type("taint key")
+TaintValue = LABEL_VALUE.type("taint value")
+KubernetesVersion = KUBERNETES_VERSION.type("kubernetes_version")
+Namespace = K8S_OBJECT_NAME.type("customer.namespace")
+ServiceAccount = K8S_OBJECT_NAME.type("customer.service_account")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-def _check_host(value: str, field: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.fullmatch(value) or value.replace(".", "").isdigit():
-        raise ValueError(
-            f"{field} {value!r} is neither an IP address nor a hostname; "
-            "use letters, digits, dashes and dots only"
-        )
-    return value.lower()
-
-
-def _check_label_key(key: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(prefix)):
-        raise ValueError(f"label key {key!r}: the prefix must be a lowercase DNS subdomain")
-    if not LABEL_NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"label key {key!r}: the name must be 1-63 letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit"
-        )
+    model_config = ConfigDict(extra="forbid")
 
 
 class Taint(_Strict):
     """A Kubernetes taint placed on a node."""
 
-    key: str = Field(description="Taint key, a valid label key.")
-    value: str = Field(default="", description="Taint value, a valid label value.")
+    key: TaintKey = Field(description="Taint key, [prefix/]name as for label keys.")
+    value: TaintValue = Field(
+        default="", description="Taint value, as for label values; may be empty."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
         description="What the taint does to pods that do not tolerate it."
     )
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, key: str) -> str:
-        _check_label_key(key)
-        return key
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, value: str) -> str:
-        if value and not LABEL_NAME_RE.fullmatch(value):
-            raise ValueError(f"taint value {value!r} is not a valid label value")
-        return value
 
 
 class NodeSpec(_Strict):
     """One host of the cluster and the roles it plays."""
 
-    address: str = Field(description="IP address or hostname RKE reaches the node on over SSH.")
-    roles: list[Role] = Field(min_length=1, description="controlplane, etcd and/or worker.")
-    user: str | None = Field(
-        default=None,
-        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
-        description="SSH user; defaults to the node-ssh-access block's user.",
+    address: Address = Field(description="IP address or hostname RKE reaches the node on over SSH.")
+    roles: list[Role] = Field(
+        min_length=1,
+        description="controlplane, etcd and/or worker, each at most once.",
+        json_schema_extra={"uniqueItems": True},
     )
+    user: User | None = _optional("SSH user; defaults to the node-ssh-access block's user.")
     port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
-    internal_address: str | None = Field(
-        default=None, description="Address for traffic inside the cluster."
+    internal_address: InternalAddress | None = _optional(
+        "Address for traffic inside the cluster (etcd peers among others)."
     )
-    hostname_override: str | None = Field(
-        default=None, description="Kubernetes node name; a lowercase DNS subdomain."
+    hostname_override: HostnameOverride | None = _optional(
+        "Kubernetes node name; a lowercase RFC 1123 subdomain."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels.")
+    labels: Labels = Field(default_factory=dict, description="Kubernetes node labels.")
     taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints.")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return _check_host(value, "address")
-
-    @field_validator("internal_address")
-    @classmethod
-    def _internal_address(cls, value: str | None) -> str | None:
-        return None if value is None else _check_host(value, "internal_address")
-
-    @field_validator("hostname_override")
-    @classmethod
-    def _hostname_override(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(value)):
-            raise ValueError(
-                f"hostname_override {value!r} must be a lowercase DNS subdomain "
-                "(letters, digits, '-' and '.')"
-            )
-        return value
 
     @field_validator("roles")
     @classmethod
@@ -146,18 +192,6 @@ class NodeSpec(_Strict):
         if len(set(roles)) != len(roles):
             raise ValueError("roles lists a role twice; list each role once")
         return roles
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            _check_label_key(key)
-            if value and not LABEL_NAME_RE.fullmatch(value):
-                raise ValueError(
-                    f"label {key}={value!r}: values are at most 63 letters, digits, '-', '_' "
-                    "or '.', starting and ending with a letter or digit"
-                )
-        return labels
 
     @property
     def hostname(self) -> str:
@@ -190,15 +224,18 @@ class EtcdSnapshots(_Strict):
 class CustomerAccess(_Strict):
     """What the customer receives once the cluster is up."""
 
-    namespace: str = Field(default="customer", max_length=63, pattern=DNS_LABEL_RE.pattern)
-    service_account: str = Field(
-        default="customer-admin", max_length=63, pattern=DNS_LABEL_RE.pattern
+    namespace: Namespace = Field(
+        default="customer", description="Namespace the customer's service account works in."
+    )
+    service_account: ServiceAccount = Field(
+        default="customer-admin", description="Service account behind the customer kubeconfig."
     )
     access: Literal["cluster-admin", "namespace-admin"] = Field(default="cluster-admin")
 
 
 def expand_hosts(hosts: list[str]) -> list[NodeSpec]:
-    """Roles for the original service's `hosts` shorthand (see design.md)."""
+    """Nodes for the `hosts` shorthand: with fewer than three hosts the first does everything;
+    else the first (the first three from five hosts on) run controlplane+etcd, the rest work."""
     if len(hosts) < 3:
         roles = [["controlplane", "etcd", "worker"]] + [["worker"]] * (len(hosts) - 1)
     else:
@@ -207,8 +244,23 @@ def expand_hosts(hosts: list[str]) -> list[NodeSpec]:
     return [NodeSpec(address=h, roles=r) for h, r in zip(hosts, roles, strict=True)]
 
 
+def _given(field: str) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: {"type": "array"}}}
+
+
+# `nodes` or `hosts`, exactly one. Said with if/then/else rather than oneOf: Prefect's form
+# would render an object-level oneOf as a choice between two bare sub-forms.
+NODES_OR_HOSTS = {
+    "if": _given("nodes"),
+    "then": {"not": _given("hosts")},
+    "else": _given("hosts"),
+}
+
+
 class ClusterSpec(_Strict):
     """A request for one RKE cluster; `environment` and `name` identify it."""
+
+    model_config = ConfigDict(json_schema_extra=NODES_OR_HOSTS)
 
     environment: Environment = Field(
         default="default",
@@ -217,30 +269,21 @@ class ClusterSpec(_Strict):
     name: ClusterName = Field(
         description="Cluster name: a DNS-1123 label of at most 40 characters."
     )
-    nodes: list[NodeSpec] | None = Field(
-        default=None, min_length=1, max_length=100, description="The cluster's nodes and roles."
+    nodes: list[NodeSpec] | None = _optional(
+        "The cluster's nodes and their roles (or give hosts).", min_length=1, max_length=100
     )
-    hosts: list[str] | None = Field(
-        default=None,
+    hosts: list[HostAddress] | None = _optional(
+        "Shorthand for nodes: roles are assigned by position (or give nodes).",
+        {"uniqueItems": True},
         min_length=1,
         max_length=100,
-        description="Shorthand for nodes: roles are assigned by position.",
     )
-    kubernetes_version: str | None = Field(
-        default=None, description="RKE Kubernetes version; defaults to rke-settings' default."
+    kubernetes_version: KubernetesVersion | None = _optional(
+        "RKE Kubernetes version; defaults to the rke-settings block's default."
     )
     network_plugin: NetworkPlugin = Field(default="canal", description="CNI plugin.")
     etcd_snapshots: EtcdSnapshots = Field(default_factory=EtcdSnapshots)
     customer: CustomerAccess = Field(default_factory=CustomerAccess)
-
-    @field_validator("kubernetes_version")
-    @classmethod
-    def _version(cls, value: str | None) -> str | None:
-        if value is not None and not KUBERNETES_VERSION_RE.fullmatch(value):
-            raise ValueError(
-                f"kubernetes_version {value!r} is not an RKE version such as 'v1.30.5-rancher1-1'"
-            )
-        return value
 
     @model_validator(mode="after")
     def _topology(self) -> ClusterSpec:
@@ -255,9 +298,14 @@ class ClusterSpec(_Strict):
         return self
 
     @property
+    def cluster_id(self) -> ClusterId:
+        """The cluster's identity and the keys derived from it."""
+        return ClusterId(self.environment, self.name)
+
+    @property
     def cluster_name(self) -> str:
-        """RKE's `cluster_name`: unambiguous because environments contain no dash."""
-        return f"{self.environment}-{self.name}"
+        """RKE's `cluster_name`."""
+        return self.cluster_id.rke_cluster_name
 
     def spec_hash(self) -> str:
         """A stable digest of the normalised request."""

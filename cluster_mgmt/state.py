@@ -32,6 +32,7 @@ from cluster_mgmt.atomic import (
     write_dir,
 )
 from cluster_mgmt.errors import StateError
+from cluster_mgmt.identity import ENVIRONMENT, NAME
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.state_files import is_kubeconfig, is_rkestate, is_yaml_mapping, load_json
 from cluster_mgmt.volume_marker import (
@@ -75,9 +76,8 @@ STAGING_PREFIX = ".staging-"
 REJECTED_SUFFIX = "-rejected"
 PROMOTED_SUFFIX = "-promoted"
 
-_ENVIRONMENT = re.compile(r"[a-z0-9]{1,20}")
-_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,38}[a-z0-9])?"  # DNS-1123 label, at most 40 characters
-_NAME = re.compile(_LABEL)
+_LABEL = NAME.body  # operations and cluster names alike are DNS-1123 labels
+_OPERATION = re.compile(_LABEL)
 _RESOURCE = re.compile(r"resources/([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)\.yaml")
 _STAMP = r"\d{8}T\d{6}\.\d{6}Z"
 _STAMP_RE = re.compile(_STAMP)
@@ -188,21 +188,19 @@ _VALIDATORS: dict[str, Callable[[bytes], bool]] = {
 
 
 def _check_environment(environment: str) -> str:
-    if not isinstance(environment, str) or not _ENVIRONMENT.fullmatch(environment):
-        raise ValueError(
-            f"invalid environment {environment!r}: use 1-20 lowercase letters and digits"
-        )
+    if not isinstance(environment, str) or not ENVIRONMENT.matches(environment):
+        raise ValueError(f"invalid environment {environment!r}: {ENVIRONMENT.fix}")
     return environment
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"invalid cluster name {name!r}: use a DNS-1123 label of at most 40 chars")
+    if not isinstance(name, str) or not NAME.matches(name):
+        raise ValueError(f"invalid cluster name {name!r}: {NAME.fix}")
     return name
 
 
 def _check_operation(operation: str) -> str:
-    if not isinstance(operation, str) or not _NAME.fullmatch(operation):
+    if not isinstance(operation, str) or not _OPERATION.fullmatch(operation):
         raise ValueError(
             f"invalid operation name {operation!r}: it names a directory, use a DNS-1123 label"
         )
@@ -773,11 +771,11 @@ class StateVolume:
         if environment is not None:
             envs = [_check_environment(environment)]
         else:
-            envs = sorted(p.name for p in base.glob("*") if _ENVIRONMENT.fullmatch(p.name))
+            envs = sorted(p.name for p in base.glob("*") if ENVIRONMENT.matches(p.name))
         found = []
         for env in envs:
             folder = base / env / "clusters"
-            names = sorted(p.name for p in folder.glob("*") if _NAME.fullmatch(p.name))
+            names = sorted(p.name for p in folder.glob("*") if NAME.matches(p.name))
             found.extend(c for n in names if (c := self.cluster(env, n)).exists())
         return found
 

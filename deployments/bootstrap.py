@@ -131,6 +131,7 @@ def _apply_deployments(pool_name: str, report: BootstrapReport) -> None:
             work_queue_name=pool.get("work_queue_name"),
             job_variables=pool.get("job_variables") or {},
             entrypoint_type=EntrypointType.MODULE_PATH,
+            enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
         )
         deployment.apply()
         report.kept.append(f"deployment {flow.name}/{spec['name']} (applied)")

@@ -14,7 +14,7 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from cluster_mgmt.identity import lock_name
+from cluster_mgmt.identity import ClusterId
 
 LOCK_WAIT_SECONDS = 4 * 3600
 ATTEMPTS = 3
@@ -44,7 +44,7 @@ def cluster_lock(
 ) -> Iterator[None]:
     """Hold the cluster's limit (made active first: without `strict=True` and an active limit,
     Prefect would silently take no lock at all)."""
-    lock = lock_name(environment, name)
+    lock = ClusterId(environment, name).lock_name
     for attempt in range(ATTEMPTS):
         with get_client(sync_client=True) as client:
             ensure_limit(client, lock)
@@ -74,4 +74,4 @@ def cluster_lock(
 def remove_cluster_lock(environment: str, name: str) -> None:
     """Delete the limit of a cluster that no longer exists (after its teardown)."""
     with get_client(sync_client=True) as client, suppress(ObjectNotFound):
-        client.delete_global_concurrency_limit_by_name(lock_name(environment, name))
+        client.delete_global_concurrency_limit_by_name(ClusterId(environment, name).lock_name)

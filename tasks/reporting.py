@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCol
 from prefect.events import emit_event
 from prefect.utilities.context import get_task_and_flow_run_ids
 
-from cluster_mgmt.identity import artifact_key, resource_id
+from cluster_mgmt.identity import ClusterId
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.policy import Decision
 from cluster_mgmt.redact import redact
@@ -25,7 +25,7 @@ FINGERPRINT_CHARS = 12
 def resource(environment: str, name: str) -> dict[str, str]:
     """The event resource of one cluster."""
     return {
-        "prefect.resource.id": resource_id(environment, name),
+        "prefect.resource.id": ClusterId(environment, name).event_resource_id,
         "prefect.resource.name": f"{environment}-{name}",
         "cluster-mgmt.environment": environment,
     }
@@ -106,7 +106,7 @@ def update_cluster_artifact(
     with get_client(sync_client=True) as client:
         client.create_artifact(
             ArtifactCreate(
-                key=artifact_key(cluster.environment, cluster.name),
+                key=ClusterId(cluster.environment, cluster.name).artifact_key,
                 type="markdown",
                 data=redact("\n".join(parts)),
                 description=one_line_status(cluster),
@@ -120,7 +120,7 @@ def update_cluster_artifact(
 def api_witness(environment: str, name: str) -> str | None:
     """Why the Prefect API believes the cluster is live (RKE wrote state for it and it was not
     torn down), or None: an independent witness when its state directory is missing."""
-    key = artifact_key(environment, name)
+    key = ClusterId(environment, name).artifact_key
     with get_client(sync_client=True) as client:
         latest = client.read_latest_artifacts(
             artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])),

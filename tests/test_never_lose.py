@@ -20,7 +20,7 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectNotFound
 
 from blocks import ClusterStateVolume
-from cluster_mgmt.identity import lock_name
+from cluster_mgmt.identity import ClusterId
 from cluster_mgmt.state import ClusterState, StateVolume
 from tasks.locks import cluster_lock
 from tests.flowenv import Env, failure_message
@@ -194,7 +194,7 @@ def test_a_denial_never_takes_the_cluster_lock(env: Env, monkeypatch: pytest.Mon
 
 
 def test_an_inactive_limit_is_reactivated_and_removed_after_teardown(env: Env):
-    name = lock_name("test", env.name)
+    name = ClusterId("test", env.name).lock_name
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=1, active=False)
@@ -225,10 +225,10 @@ def test_a_dead_holders_lease_frees_the_cluster(env: Env):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert read_limit(lock_name("test", env.name)).active_slots == 1
+        assert read_limit(ClusterId("test", env.name).lock_name).active_slots == 1
     finally:
         holder.kill()
         holder.wait()
     # the lease (60 s, Prefect's minimum) expires and the server frees the slot
     with cluster_lock("test", env.name, timeout_seconds=150):
-        assert read_limit(lock_name("test", env.name)).active_slots == 1
+        assert read_limit(ClusterId("test", env.name).lock_name).active_slots == 1

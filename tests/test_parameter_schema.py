@@ -1,0 +1,302 @@
+"""The form refuses what the run would refuse: the deployments' parameter schemas carry the spec's
+rules, the Prefect server enforces them before a flow run exists, and they agree with pydantic."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools.validation import validate
+from pydantic import ValidationError
+
+from cluster_mgmt import spec as spec_module
+from cluster_mgmt.identity import ENVIRONMENT, NAME
+from cluster_mgmt.patterns import TextRule
+from cluster_mgmt.spec import ADDRESS_SCHEMA, ClusterSpec
+from deployments.bootstrap import (
+    BootstrapReport,
+    _apply_deployments,
+    _ensure_work_pool,
+    deployment_specs,
+    load_flow,
+)
+from flows.provision import provision_cluster
+from flows.teardown import teardown_cluster
+
+NODE = {"address": "10.0.0.1", "roles": ["controlplane", "etcd", "worker"]}
+PROVISION_SCHEMA = parameter_schema(provision_cluster.fn).model_dump_for_openapi()
+TEARDOWN_SCHEMA = parameter_schema(teardown_cluster.fn).model_dump_for_openapi()
+
+
+def with_spec(**fields) -> dict:
+    return {"name": "web", "nodes": [NODE], **fields}
+
+
+def with_node(**fields) -> dict:
+    return with_spec(nodes=[{**NODE, **fields}])
+
+
+def taint(key="dedicated", value="", effect="NoSchedule") -> dict:
+    return {"key": key, "value": value, "effect": effect}
+
+
+def hosts(count: int) -> list[str]:
+    return [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(count)]
+
+
+# (request, valid): the schema and pydantic give the same verdict on each.
+AGREE = [
+    (with_spec(), True),
+    (ClusterSpec(**with_spec()).model_dump(mode="json"), True),  # what the CLI sends, nulls too
+    ({"name": "web", "hosts": ["10.0.0.1", "node-2.example.com"]}, True),
+    ({"name": "web", "hosts": ["10.0.0.1"], "nodes": None}, True),
+    ({"name": "web", "hosts": ["10.0.0.1"], "nodes": [NODE]}, False),
+    ({"name": "web"}, False),
+    ({"name": "web", "hosts": []}, False),
+    ({"name": "web", "hosts": hosts(101)}, False),
+    ({"name": "web", "hosts": ["10.0.0.1", "10.0.0.1"]}, False),
+    (with_spec(surprise=1), False),
+    (with_spec(name="Bad_Name"), False),
+    (with_spec(name="web\n"), False),
+    (with_spec(name="-web"), False),
+    (with_spec(name="w" * 40), True),
+    (with_spec(name="w" * 41), False),
+    (with_spec(name=""), False),
+    (with_spec(environment="e" * 20), True),
+    (with_spec(environment="e" * 21), False),
+    (with_spec(environment="prod-eu"), False),
+    (with_spec(environment="Prod"), False),
+    (with_spec(kubernetes_version="v1.30.5-rancher1-1"), True),
+    (with_spec(kubernetes_version="1.30"), False),
+    (with_spec(kubernetes_version="v\u0661.30.5-rancher1-1"), False),
+    (with_spec(network_plugin="cilium"), False),
+    (with_spec(etcd_snapshots={"interval_hours": 25}), False),
+    (with_spec(customer={"namespace": "team-a", "access": "namespace-admin"}), True),
+    (with_spec(customer={"namespace": "Team"}), False),
+    (with_spec(customer={"access": "root"}), False),
+    (with_node(roles=["boss"]), False),
+    (with_node(roles=[]), False),
+    (with_node(roles=["etcd", "etcd", "controlplane", "worker"]), False),
+    (with_node(port=0), False),
+    (with_node(address="fe80::1"), True),
+    (with_node(address="::ffff:10.0.0.1"), True),
+    (with_node(address="fe80::1%eth0"), False),
+    (with_node(address="node-1.example.com"), True),
+    (with_node(address="1.2.3.999"), False),
+    (with_node(address="010.0.0.1"), False),
+    (with_node(address="my_host"), False),
+    (with_node(address=" 10.0.0.1"), False),
+    (with_node(address="10.0.0.1\n"), False),
+    (with_node(address="a" * 64 + ".example"), False),
+    (with_node(internal_address="192.168.0.1"), True),
+    (with_node(internal_address=None), True),
+    (with_node(internal_address="fe80::2%eth0"), False),
+    (with_node(internal_address="10.0.0.2,etcd-x=https://x"), False),
+    (with_node(hostname_override="node-1.example.com"), True),
+    (with_node(hostname_override="Node-1"), False),
+    (with_node(hostname_override="a" * 254), False),
+    (with_node(user="rke_user-1"), True),
+    (with_node(user="root\n"), False),
+    (with_node(user="Root"), False),
+    (with_node(labels={"tier": "", "example.com/tier": "Web_1.a-b"}), True),
+    (with_node(labels={"a" * 253 + "/" + "n" * 63: "v" * 63}), True),
+    (with_node(labels={"a" * 254 + "/tier": "v"}), False),
+    (with_node(labels={"/tier": "x"}), False),
+    (with_node(labels={"Example.com/tier": "x"}), False),
+    (with_node(labels={"a/b/c": "x"}), False),
+    (with_node(labels={"x" * 64: "y"}), False),
+    (with_node(labels={"tier": "-x"}), False),
+    (with_node(labels={"tier": "x" * 64}), False),
+    (with_node(labels={"tier": 1}), False),
+    (with_node(taints=[taint(), taint("example.com/gpu", "yes", "NoExecute")]), True),
+    (with_node(taints=[taint(effect="Sometimes")]), False),
+    (with_node(taints=[taint(key="bad key")]), False),
+    (with_node(taints=[taint(value="a b")]), False),
+]
+
+# What JSON Schema cannot say: the schema lets these through, the flow's validation refuses them
+# when the run starts, before any side effect.
+PYTHON_ONLY = [
+    with_spec(nodes=[NODE, NODE]),  # duplicate addresses
+    with_spec(nodes=[{**NODE, "address": "10.0.0.2"}, {**NODE, "address": "A.example"}]),
+    with_spec(nodes=[{**NODE, "roles": ["controlplane", "etcd"]}]),  # no worker
+    {"name": "web", "hosts": ["a.example", "A.example"]},  # the same host, differently spelt
+    with_spec(etcd_snapshots={"interval_hours": 12, "retention_hours": 6}),
+    with_node(address="1:::2"),  # IPv6 syntax is parsed by ipaddress, not by a regex
+]
+
+
+def schema_accepts(schema: dict, parameters: dict) -> bool:
+    """The Prefect server's verdict (the same check `create_flow_run_from_deployment` runs)."""
+    return not validate(parameters, schema, raise_on_error=False)
+
+
+def pydantic_accepts(request: dict) -> bool:
+    try:
+        ClusterSpec.model_validate(request)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("request_", "valid"), AGREE)
+def test_schema_and_pydantic_agree(request_, valid):
+    assert pydantic_accepts(request_) is valid
+    assert schema_accepts(PROVISION_SCHEMA, {"spec": request_}) is valid
+
+
+@pytest.mark.parametrize("request_", PYTHON_ONLY)
+def test_what_only_python_can_check(request_):
+    assert schema_accepts(PROVISION_SCHEMA, {"spec": request_})
+    assert not pydantic_accepts(request_)
+
+
+def test_teardown_carries_the_identity_rules():
+    spec = PROVISION_SCHEMA["definitions"]["ClusterSpec"]["properties"]
+    for field, rule in (("environment", ENVIRONMENT), ("name", NAME)):
+        assert TEARDOWN_SCHEMA["properties"][field]["pattern"] == rule.pattern
+        assert spec[field]["pattern"] == rule.pattern
+    assert TEARDOWN_SCHEMA["required"] == ["environment", "name"]
+    assert not schema_accepts(TEARDOWN_SCHEMA, {"environment": "prod", "name": "Bad_Name"})
+    assert schema_accepts(TEARDOWN_SCHEMA, {"environment": "prod", "name": "web"})
+
+
+def test_optional_fields_are_plain_fields_in_the_form():
+    """No `anyOf [..., null]`: the UI shows a plain input instead of a type chooser."""
+    text = json.dumps(PROVISION_SCHEMA)
+    assert '"anyOf"' not in text and '"oneOf"' not in text and '{"type": "null"}' not in text
+
+
+def _rules() -> dict[str, str]:
+    rules = {
+        name: value.pattern
+        for name, value in vars(spec_module).items()
+        if isinstance(value, TextRule)
+    }
+    return {
+        **rules,
+        "ENVIRONMENT": ENVIRONMENT.pattern,
+        "NAME": NAME.pattern,
+        "ADDRESS": ADDRESS_SCHEMA["pattern"],
+    }
+
+
+def _sample_strings() -> list[str]:
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk([request for request, _ in AGREE] + PYTHON_ONLY)
+    return sorted(found | {"fe80::1%eth0", "web\r", "\u0661", "a\u212a"})
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run JavaScript")
+def test_patterns_mean_the_same_in_javascript():
+    """The UI's form is JavaScript: each pattern compiles there and decides every sample alike."""
+    patterns, samples = _rules(), _sample_strings()
+    script = (
+        "const {patterns, samples} = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "const out = {};"
+        "for (const [k, p] of Object.entries(patterns)) {"
+        "  const re = new RegExp(p, 'u'); out[k] = samples.map(s => re.test(s)); }"
+        "process.stdout.write(JSON.stringify(out));"
+    )
+    result = subprocess.run(
+        ["node", "-e", script],
+        input=json.dumps({"patterns": patterns, "samples": samples}),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    javascript = json.loads(result.stdout)
+    for name, pattern in patterns.items():
+        python = [re.search(pattern, s) is not None for s in samples]
+        assert javascript[name] == python, name
+
+
+# --- through the real Prefect server ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    """The deployments of prefect.yaml, applied the way bootstrap applies them, on a new pool."""
+    report = BootstrapReport()
+    pool = f"schema-{uuid.uuid4().hex[:6]}"
+    _ensure_work_pool(pool, "process", report)
+    _apply_deployments(pool, report)
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+def _runs(client, deployment_id) -> list:
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    )
+
+
+def test_every_deployment_enforces_its_parameter_schema(deployed):
+    for declared in deployment_specs():
+        assert declared.get("enforce_parameter_schema") is True, declared["entrypoint"]
+        flow = load_flow(declared["entrypoint"])
+        deployment = deployed.read_deployment_by_name(f"{flow.name}/{declared['name']}")
+        assert deployment.enforce_parameter_schema is True
+        stored = deployment.parameter_openapi_schema
+        expected = parameter_schema(flow.fn).model_dump_for_openapi()
+        for part in ("properties", "required", "definitions"):
+            assert (stored.get(part) or None) == (expected.get(part) or None), part
+
+
+@pytest.mark.parametrize(
+    ("flow_name", "parameters", "field"),
+    [
+        ("provision-cluster", {"spec": with_spec(name="Bad_Name")}, "spec.name"),
+        ("provision-cluster", {"spec": with_spec(hosts=["10.0.0.9"])}, "spec"),
+        ("provision-cluster", {"spec": with_node(roles=["controlplane", "boss"])}, "roles"),
+        ("provision-cluster", {"spec": with_node(address="fe80::1%eth0")}, "address"),
+        ("teardown-cluster", {"environment": "prod", "name": "Bad_Name"}, "name"),
+    ],
+)
+def test_the_api_refuses_a_bad_request_before_a_run_exists(deployed, flow_name, parameters, field):
+    deployment = deployed.read_deployment_by_name(f"{flow_name}/default")
+    before = len(_runs(deployed, deployment.id))
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        deployed.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    assert refused.value.response.status_code == 409
+    detail = refused.value.response.json()["detail"]
+    assert detail.startswith("Error creating flow run: Validation failed") and field in detail
+    assert len(_runs(deployed, deployment.id)) == before
+
+
+@pytest.mark.parametrize(
+    ("flow_name", "parameters"),
+    [
+        ("provision-cluster", {"spec": ClusterSpec(**with_spec()).model_dump(mode="json")}),
+        ("provision-cluster", {"spec": {"name": "web", "hosts": ["10.0.0.1"]}}),
+        ("teardown-cluster", {"environment": "prod", "name": "web"}),
+    ],
+)
+def test_the_api_accepts_a_good_request(deployed, flow_name, parameters):
+    deployment = deployed.read_deployment_by_name(f"{flow_name}/default")
+    run = deployed.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    try:
+        assert run.parameters == parameters and run.state.is_scheduled()
+    finally:
+        deployed.delete_flow_run(run.id)
