@@ -159,8 +159,11 @@ def cluster_operation(
                 raise
             except BaseException as exc:
                 message = redact(f"{operation} failed: {exc}")
-                cluster.write_status(Phase.FAILED, operation, run_id, message)
-                update_cluster_artifact(cluster)
+                try:
+                    cluster.write_status(Phase.FAILED, operation, run_id, message)
+                    update_cluster_artifact(cluster)
+                except Exception as status_error:  # noqa: BLE001 - never hide the first error
+                    get_run_logger().error("could not record FAILED: %s", status_error)
                 raise
 
 

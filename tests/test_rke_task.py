@@ -16,14 +16,14 @@ from prefect.logging.handlers import APILogWorker
 from cluster_mgmt.driver import RkeDriver
 from cluster_mgmt.state import StateError, StateVolume
 from tasks.rke import run_rke
+from tests.pki import cert_pem
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 CONFIG = "nodes:\n- address: 127.0.0.1\n  user: rke\n  role: [controlplane, etcd, worker]\n"
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
-PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 RKESTATE = json.dumps(
-    {"desiredState": {"certificatesBundle": {"kube-ca": {"certificatePEM": PEM}}}}
+    {"desiredState": {"certificatesBundle": {"kube-ca": {"certificatePEM": cert_pem()}}}}
 )
 
 
@@ -52,8 +52,10 @@ def rke_that_breaks_status(tmp_path: Path, *, repair: bool) -> tuple[str, Path]:
 
 
 def run_up(tmp_path: Path, binary: str):
-    cluster = StateVolume(tmp_path / "state").cluster("test", "checkpoint")
-    cluster.ensure_dir()
+    volume = StateVolume(tmp_path / "state")
+    volume.initialise()
+    cluster = volume.cluster("test", "checkpoint")
+    cluster.create()
     # the timeout only bounds the test should rke stall; it is not what is checked
     driver = RkeDriver(binary=binary, timeout_seconds=60)
 
