@@ -896,3 +896,25 @@ LOCK_PROBE = """
     except BlockingIOError:
         print("busy")
 """
+
+
+def test_atomic_write_makes_the_rename_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The file is fsynced before the rename and its directory after it: without the
+    directory fsync a power cut can forget the rename (the old file, or none, comes back)."""
+    synced: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    target = tmp_path / "dir" / "file"
+    target.parent.mkdir()
+    atomic_write(target, b"new")
+    file_syncs = [i for i, (path, is_dir) in enumerate(synced) if not is_dir]
+    dir_syncs = [
+        i for i, (path, is_dir) in enumerate(synced) if is_dir and path == str(target.parent)
+    ]
+    assert file_syncs and dir_syncs and dir_syncs[-1] > file_syncs[-1], synced
