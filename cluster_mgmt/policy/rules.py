@@ -129,10 +129,8 @@ class EtcdQuorum(_Rule):
         etcd = sum("etcd" in n.get("roles", ()) for n in _nodes(spec))
         if etcd >= self.min and etcd % 2 == 1:
             return []
-        least = self.min
-        return [
-            f"{etcd} etcd nodes in {environment}: give etcd to an odd number of at least {least}"
-        ]
+        wanted = f"an odd number of at least {self.min} nodes"
+        return [f"{etcd} etcd nodes in {environment}: give etcd to {wanted}"]
 
 
 class NodeAddresses(_Rule):
