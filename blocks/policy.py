@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from cluster_mgmt.policy import PolicyClient
+from cluster_mgmt.policy import TOTAL_TIMEOUT_SECONDS, PolicyClient
 
 
 class PolicyService(Block):
@@ -35,7 +35,14 @@ class PolicyService(Block):
         default=None, description="PEM text or path of the CA that signs the service's certificate."
     )
     timeout_seconds: float = Field(
-        default=10, gt=0, le=300, description="Connect and read timeout of one request."
+        default=10,
+        gt=0,
+        le=TOTAL_TIMEOUT_SECONDS,
+        description=(
+            "Deadline of one request: connect, TLS, headers and body together. Retries of "
+            f"failed requests share one total deadline of {TOTAL_TIMEOUT_SECONDS:g} s, so this "
+            f"is at most {TOTAL_TIMEOUT_SECONDS:g}."
+        ),
     )
 
     def client(self) -> PolicyClient:

@@ -8,44 +8,46 @@ Plain Python (paramiko), no Prefect. No key material ever reaches an error, a re
 
 from __future__ import annotations
 
-import io
-import re
 import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import paramiko
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from paramiko.hostkeys import HostKeyEntry, HostKeys
 
 from cluster_mgmt.docker_versions import allowed_docker_versions, docker_version_allowed
+from cluster_mgmt.hostkeys import (
+    ACCEPTED_KEY_TYPES,
+    HostKeyError,
+    HostKeyPolicy,
+    KnownKey,
+    SshInputError,
+    host_matches,
+    known_hosts_name,
+    load_private_key,
+    parse_known_hosts,
+    prefer_known_key_types,
+    verify_host_key,
+)
+
+__all__ = [  # what flows, tasks, blocks and the CLI import from here
+    "ACCEPTED_KEY_TYPES",
+    "HostKeyPolicy",
+    "NodeReport",
+    "NodeTarget",
+    "PreflightError",
+    "PreflightReport",
+    "load_private_key",
+    "preflight",
+]
 
 DOCKER_VERSION_COMMAND = "docker version --format '{{.Server.Version}}'"
-ACCEPTED_KEY_TYPES = (
-    "ed25519, ecdsa (nistp256/384/521) or rsa, unencrypted, in OpenSSH or PEM format"
-)
 MAX_WORKERS = 32
 _STDERR_LIMIT = 300
 _OUTPUT_LIMIT = 64 * 1024
-# known_hosts key type -> host key algorithms that present it
-_HOSTKEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
-
-
-class HostKeyPolicy(StrEnum):
-    """What to do with a node whose host key is not in any known_hosts text."""
-
-    REJECT = "reject"
-    ACCEPT_NEW = "accept-new"
-
-
-class PreflightError(Exception):
-    """Bad preflight input (never a node failure: those are in the report)."""
+PreflightError = SshInputError  # bad preflight input (never a node failure: see the report)
 
 
 @dataclass(frozen=True)
@@ -105,117 +107,6 @@ class PreflightReport:
         ]
 
 
-# --- private key -------------------------------------------------------------------------------
-
-
-def load_private_key(text: str) -> paramiko.PKey:
-    """Parse an unencrypted ed25519, ecdsa or rsa private key (OpenSSH or PEM/PKCS#8 format).
-
-    Raises PreflightError naming the accepted types; the message never contains the key.
-    """
-    data = text.replace("\r\n", "\n").strip().encode() + b"\n"
-    try:
-        if b"BEGIN OPENSSH PRIVATE KEY" in data:
-            key = serialization.load_ssh_private_key(data, password=None)
-        elif b"PRIVATE KEY-----" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            raise ValueError("no PEM armour")
-    except TypeError:  # cryptography: "Password was not given but private key is encrypted"
-        raise PreflightError(
-            "the node-ssh-access private key is encrypted; store an unencrypted key "
-            f"({ACCEPTED_KEY_TYPES})"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise PreflightError(
-            f"the node-ssh-access private key cannot be parsed; expected {ACCEPTED_KEY_TYPES}"
-        ) from None
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        cls: type[paramiko.PKey] = paramiko.Ed25519Key
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in (
-        "secp256r1",
-        "secp384r1",
-        "secp521r1",
-    ):
-        cls = paramiko.ECDSAKey
-    elif isinstance(key, rsa.RSAPrivateKey):
-        cls = paramiko.RSAKey
-    else:
-        raise PreflightError(
-            f"the node-ssh-access private key has an unsupported type; expected {ACCEPTED_KEY_TYPES}"
-        )
-    openssh = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    try:
-        return cls.from_private_key(io.StringIO(openssh))
-    except (paramiko.SSHException, ValueError):
-        raise PreflightError(
-            f"the node-ssh-access private key cannot be loaded; expected {ACCEPTED_KEY_TYPES}"
-        ) from None
-
-
-# --- known_hosts -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _KnownKey:
-    patterns: tuple[str, ...]
-    key: paramiko.PKey
-    revoked: bool
-
-
-def _parse_known_hosts(*texts: str) -> list[_KnownKey]:
-    """Entries of known_hosts texts; comments, @cert-authority and unusable lines are skipped."""
-    entries: list[_KnownKey] = []
-    for text in texts:
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            revoked = False
-            if line.startswith("@"):
-                marker, _, line = line.partition(" ")
-                if marker != "@revoked":
-                    continue  # @cert-authority: host certificates are not used here
-                revoked = True
-                line = line.strip()
-            try:
-                entry = HostKeyEntry.from_line(line)
-            except Exception:  # noqa: BLE001 - an unusable line is skipped, as ssh does
-                entry = None
-            if entry is not None and entry.key is not None:
-                entries.append(_KnownKey(tuple(entry.hostnames), entry.key, revoked))
-    return entries
-
-
-def _pattern_matches(pattern: str, name: str) -> bool:
-    if pattern.startswith("|1|"):
-        try:
-            return HostKeys.hash_host(name, pattern) == pattern
-        except (ValueError, AssertionError):  # malformed salt
-            return False
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name, flags=re.IGNORECASE) is not None
-
-
-def _host_matches(patterns: Sequence[str], name: str) -> bool:
-    matched = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        if _pattern_matches(pattern[1:] if negated else pattern, name):
-            if negated:
-                return False
-            matched = True
-    return matched
-
-
-def _known_hosts_name(address: str, port: int) -> str:
-    return address if port == 22 else f"[{address}]:{port}"
-
-
 def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
@@ -226,7 +117,7 @@ def _endpoint(address: str, port: int) -> str:
 @dataclass(frozen=True)
 class _Settings:
     pkey: paramiko.PKey
-    trusted: list[_KnownKey]
+    trusted: list[KnownKey]
     policy: HostKeyPolicy
     kubernetes_version: str
     ignore_docker_version: bool
@@ -293,13 +184,18 @@ def _run_checks(target: NodeTarget, s: _Settings, state: dict[str, Any]) -> None
         transport.banner_timeout = s.banner_timeout
         transport.handshake_timeout = s.connect_timeout
         transport.auth_timeout = s.auth_timeout
-        name = _known_hosts_name(target.address, target.port)
-        known = [k for k in s.trusted if _host_matches(k.patterns, name)]
-        _prefer_known_key_types(transport, [k for k in known if not k.revoked])
+        name = known_hosts_name(target.address, target.port)
+        known = [k for k in s.trusted if host_matches(k.patterns, name)]
+        prefer_known_key_types(transport, [k for k in known if not k.revoked])
         _handshake(transport, where, s)
         server_key = transport.get_remote_server_key()
         state["fingerprint"] = server_key.fingerprint
-        state["accepted"] = _verify_host_key(target, name, server_key, known, s.policy)
+        try:
+            state["accepted"] = verify_host_key(
+                target.address, target.port, server_key, known, s.policy
+            )
+        except HostKeyError as exc:
+            raise _NodeFailure(str(exc), reachable=True) from None
         _authenticate(transport, target, s.pkey)
         status, out, err = _exec(transport, where, s.command_timeout)
         _check_docker(target, status, out, err, s, state)
@@ -328,18 +224,6 @@ def _connect(target: NodeTarget, timeout: float) -> socket.socket:
             "and the network path from this worker"
         )
     raise _NodeFailure(message, reachable=False)
-
-
-def _prefer_known_key_types(transport: paramiko.Transport, known: list[_KnownKey]) -> None:
-    """Negotiate a host key type we already know first, as OpenSSH does."""
-    options = transport.get_security_options()
-    wanted: list[str] = []
-    for entry in known:
-        name = entry.key.get_name()
-        wanted.extend(_HOSTKEY_ALGORITHMS.get(name, (name,)))
-    first = [t for t in options.key_types if t in wanted]
-    if first:
-        options.key_types = first + [t for t in options.key_types if t not in first]
 
 
 def _handshake(transport: paramiko.Transport, where: str, s: _Settings) -> None:
@@ -374,43 +258,6 @@ def _handshake(transport: paramiko.Transport, where: str, s: _Settings) -> None:
             "(connect timeout); check the node's load and sshd",
             reachable=True,
         )
-
-
-def _verify_host_key(
-    target: NodeTarget,
-    name: str,
-    server_key: paramiko.PKey,
-    known: list[_KnownKey],
-    policy: HostKeyPolicy,
-) -> str | None:
-    """Raise unless the host key is trusted; return a known_hosts line if newly accepted."""
-    blob = server_key.asbytes()
-    got = server_key.fingerprint
-    if any(k.revoked and k.key.asbytes() == blob for k in known):
-        raise _NodeFailure(
-            f"host key {got} of {name} is marked @revoked in known_hosts; verify the node "
-            "and give it a new host key",
-            reachable=True,
-        )
-    trusted = [k for k in known if not k.revoked]
-    if any(k.key.asbytes() == blob for k in trusted):
-        return None
-    if trusted:
-        same_type = [k for k in trusted if k.key.get_name() == server_key.get_name()]
-        expected = ", ".join(dict.fromkeys(k.key.fingerprint for k in same_type or trusted))
-        raise _NodeFailure(
-            f"HOST KEY CHANGED for {name}: expected {expected}, got {got} — possible "
-            "impersonation; verify the node and update known_hosts",
-            reachable=True,
-        )
-    if policy is HostKeyPolicy.ACCEPT_NEW:
-        return f"{name} {server_key.get_name()} {server_key.get_base64()}"
-    raise _NodeFailure(
-        f"host key of {name} ({got}) is not known; add it to the node-ssh-access block's "
-        f"known_hosts (ssh-keyscan -p {target.port} {target.address}) or set host_key_policy "
-        "to accept-new",
-        reachable=True,
-    )
 
 
 def _authenticate(transport: paramiko.Transport, target: NodeTarget, pkey: paramiko.PKey) -> None:
@@ -572,7 +419,7 @@ def preflight(
             raise PreflightError(f"{exc}; or set ignore_docker_version") from None
     settings = _Settings(
         pkey=load_private_key(private_key),
-        trusted=_parse_known_hosts(known_hosts, recorded_known_hosts),
+        trusted=parse_known_hosts(known_hosts, recorded_known_hosts),
         policy=policy,
         kubernetes_version=kubernetes_version,
         ignore_docker_version=ignore_docker_version,

@@ -7,7 +7,9 @@ own small evaluator. Its CA is generated at start; `ca_pem` is what a client mus
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import gzip
 import hashlib
 import hmac
 import ipaddress
@@ -38,6 +40,9 @@ MODES = (
     "status429",
     "flaky",
     "status",
+    "trickle",
+    "gzip-bomb",
+    "echo-token",
 )
 KINDS = ("rke-cluster", "rke-cluster-teardown")
 RULE_KINDS = {
@@ -254,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         owner = self.server.owner
         owner._count("requests")
+        owner.last_headers = dict(self.headers.items())
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if owner._fault(self):
             return
@@ -270,6 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(request, str):
             return self._json(400, {"error": request})
         verdict = owner.rules.evaluate(*request)
+        if owner.mode == "echo-token":
+            verdict = _echo(token.strip(), owner.options.get("severity", "error"))
         if owner.mode == "deny":
             verdict["allowed"] = False
             verdict["violations"].append(
@@ -288,6 +296,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+def _echo(token: str, severity: str) -> dict[str, Any]:
+    """A verdict that quotes the caller's token, plain and base64 (as careless services do)."""
+    encoded = base64.b64encode(token.encode()).decode()
+    message = f"caller {token} may not do this (credential {encoded})"
+    violation = {"rule": f"caller-{token}", "message": message, "severity": severity}
+    return {"allowed": severity != "error", "violations": [violation], "version": f"v-{token}"}
+
+
+def _bomb(size: int) -> bytes:
+    """A tiny body that inflates to `size` zero bytes through two layers of gzip."""
+    return gzip.compress(gzip.compress(bytes(size), 9), 9)
 
 
 def _request(body: bytes) -> tuple[str, str, str, dict] | str:
@@ -332,8 +353,13 @@ class PolicyService:
     Modes (keyword arguments): normal, deny, error500(times=None), slow(delay=2),
     hang, refused, malformed, wrong-content-type, untrusted-cert, status429(retry_after=1,
     times=None), flaky(failures=2: answer 503 to the first N), status(code=400: answer that
-    status). `times=None` means every request. `requests` counts HTTP requests received since
-    the last `set_mode`; `tls_failures` counts failed handshakes.
+    status), trickle(interval=1.4, lines=50: one header line per interval, then a valid
+    answer), gzip-bomb(size=64 MiB: a body of a few hundred bytes that inflates to `size`
+    through `Content-Encoding: gzip, gzip`), echo-token(severity="error": a verdict quoting the
+    caller's token in its rule, message and version). `times=None` means every request.
+    Since the last `set_mode`: `requests` counts HTTP requests, `tls_failures` failed
+    handshakes, `aborted` answers the client hung up on; `last_headers` are the last
+    request's headers.
     """
 
     def __init__(
@@ -349,7 +375,8 @@ class PolicyService:
         self.rules = Rules(Path(rules_path or DEFAULT_RULES))
         self.host, self.port = host, port
         self.mode, self.options = "normal", {}
-        self.requests = self.tls_failures = self._failed = 0
+        self.requests = self.tls_failures = self.aborted = self._failed = 0
+        self.last_headers: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -387,9 +414,12 @@ class PolicyService:
         """Switch to `mode` (see the class doc) and reset the counters."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "gzip-bomb":  # made here, so that serving it allocates nothing large
+            options["body"] = _bomb(options.get("size", 64 << 20))
         with self._lock:
             self.mode, self.options = mode, options
-            self.requests = self.tls_failures = self._failed = 0
+            self.requests = self.tls_failures = self.aborted = self._failed = 0
+            self.last_headers = {}
         if mode == "refused":
             self._unlisten()
         elif self._server is None and not self._stopping.is_set():
@@ -426,6 +456,22 @@ class PolicyService:
             self._failed += 1
             return times is None or self._failed <= times
 
+    def _trickle(self, handler: _Handler, interval: float, lines: int) -> None:
+        """Send the status line, then one header line per `interval`, then a valid answer;
+        count in `aborted` a client that hangs up meanwhile."""
+        body = json.dumps({"allowed": True, "violations": []}).encode()
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for n in range(lines):
+                if self._stopping.wait(interval):
+                    return
+                handler.wfile.write(b"X-Trickle-%d: %d\r\n" % (n, n))
+            handler.wfile.write(b"Content-Type: application/json\r\n")
+            handler.wfile.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:  # the client closed the connection (EPIPE, ECONNRESET, ssl EOF)
+            self._count("aborted")
+        handler.close_connection = True
+
     def _fault(self, handler: _Handler) -> bool:
         """Answer (or not) per the fault mode; True when the request is dealt with."""
         mode, options = self.mode, self.options
@@ -447,6 +493,11 @@ class PolicyService:
             handler._json(options.get("code", 400), {"error": "lab fixed status"})
         elif mode == "malformed":
             handler._send(200, b'{"allowed": true, "violations": [', "application/json")
+        elif mode == "trickle":
+            self._trickle(handler, options.get("interval", 1.4), options.get("lines", 50))
+        elif mode == "gzip-bomb":
+            encoding = {"Content-Encoding": "gzip, gzip"}
+            handler._send(200, options["body"], "application/json", encoding)
         elif mode == "wrong-content-type":
             body = json.dumps({"allowed": True, "violations": []}).encode()
             handler._send(200, body, "text/html; charset=utf-8")

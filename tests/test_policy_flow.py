@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from prefect.logging.handlers import APILogWorker
 from pydantic import SecretStr
 
 from blocks import PolicyService as PolicyBlock
+from cluster_mgmt.redact import MASK
 from flows.provision import provision_cluster
 from lab.policy_service import PolicyService
 from tests.flowenv import Env, failure_message
@@ -78,6 +80,37 @@ def test_the_token_never_reaches_logs_results_or_artifacts(policed: Env, policy_
     text += f"{run.state.message}{run.parameters}{failure_message(state)}"
     assert "denied" in text
     assert TOKEN not in text
+
+
+def _run_text(state) -> str:
+    """Everything an API client sees of a run: its logs, artifacts, state message, result."""
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        run_id = state.state_details.flow_run_id
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+        run = client.read_flow_run(run_id)
+    assert logs and artifacts
+    text = "\n".join(log.message for log in logs)
+    text += "".join(f"{a.data}{a.description}" for a in artifacts)
+    return text + f"{run.state.message}{run.parameters}{failure_message(state)}"
+
+
+@pytest.mark.parametrize("severity", ["warning", "error"])
+def test_a_token_echoed_by_the_service_is_masked_everywhere(
+    policed: Env, policy_service, severity: str
+):
+    policy_service.set_mode("echo-token", severity=severity)
+    state = policed.provision()
+    assert state.is_completed() is (severity == "warning"), failure_message(state)
+    text = _run_text(state)
+    kept = sorted(policed.cluster.history_dir.glob("*-provision-policy/policy-decision.json"))
+    text += "".join(path.read_text() for path in kept)
+    assert bool(kept) is (severity == "warning")  # a denied first provision leaves no cluster
+    assert TOKEN not in text and base64.b64encode(TOKEN.encode()).decode() not in text
+    assert f"caller-{MASK}" in text and f"caller {MASK} may not do this" in text
 
 
 def test_denied_request_touches_nothing(policed: Env, policy_service):

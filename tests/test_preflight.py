@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from prefect import flow
+from pydantic import SecretStr
 
+import tasks.preflight as preflight_task
+from blocks.ssh import NodeSshAccess
 from cluster_mgmt.docker_versions import allowed_docker_versions, docker_version_allowed
 from cluster_mgmt.preflight import (
     HostKeyPolicy,
@@ -24,6 +27,7 @@ from cluster_mgmt.preflight import (
     preflight,
 )
 from lab.nodes import DEFAULT_DOCKER_VERSION, LabNodes
+from tasks.preflight import check_nodes
 
 K8S = "v1.30.5-rancher1-1"
 FIRST_ADDRESS = 40  # nodes on 127.0.0.40-42; fake servers below on 127.0.0.43-47
@@ -206,16 +210,13 @@ def test_rsa_and_ecdsa_pem_keys_log_in(lab: LabNodes, tmp_path: Path) -> None:
         authorized.write_text(before)
 
 
-def test_stopped_node_is_unreachable_quickly(lab: LabNodes) -> None:
+def test_stopped_node_is_refused_not_waited_for(lab: LabNodes) -> None:
     node = lab.nodes[1]
     node.stop()
     try:
-        started = time.monotonic()
         report = run(lab, connect_timeout=3.0)
-        elapsed = time.monotonic() - started
     finally:
         node.start()
-    assert elapsed < 10
     assert [r.address for r in report.failures] == [node.address]
     failed = report.failures[0]
     assert not failed.reachable and not failed.authenticated and failed.host_key_fingerprint is None
@@ -335,6 +336,50 @@ def test_bad_inputs_fail_before_touching_nodes(lab: LabNodes) -> None:
     assert run(lab, kubernetes_version="v1.31.1-rancher1-1", ignore_docker_version=True).ok
 
 
+# --- the task: unreachable nodes get another try ----------------------------------------------
+
+_PROBE: dict[str, Any] = {}  # the flow's inputs: no key material in flow parameters
+
+
+@flow(name="preflight-retry-probe")
+def _check_in_a_flow() -> PreflightReport:
+    lab: LabNodes = _PROBE["lab"]
+    access = NodeSshAccess(
+        user=lab.user,
+        private_key=SecretStr(lab.client_private_key),
+        known_hosts=lab.known_hosts(),
+        connect_timeout_seconds=5,
+    )
+    quick = check_nodes.with_options(retry_delay_seconds=0)  # retries themselves unchanged
+    return quick(targets_of(lab), access, "", K8S, False)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_node_that_comes_up_between_attempts_is_accepted(
+    lab: LabNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = lab.nodes[2]
+    reports: list[PreflightReport] = []
+
+    def then_start_the_node(*args: Any, **kwargs: Any) -> PreflightReport:
+        reports.append(preflight(*args, **kwargs))
+        node.start()  # comes up after the first attempt found it down
+        return reports[-1]
+
+    monkeypatch.setattr(preflight_task, "preflight", then_start_the_node)
+    _PROBE["lab"] = lab
+    logins = [n.accepted_logins() for n in lab.nodes]
+    node.stop()
+    try:
+        report = _check_in_a_flow()
+    finally:
+        node.start()
+    assert [len(r.failures) for r in reports] == [1, 0]  # down, then up on the retry
+    assert not reports[0].failures[0].reachable
+    assert report.ok
+    assert [n.accepted_logins() for n in lab.nodes] == [logins[0] + 2, logins[1] + 2, logins[2] + 1]
+
+
 # --- fake servers: timeouts and concurrency -----------------------------------------------------
 
 
@@ -381,28 +426,32 @@ def test_nodes_are_checked_concurrently(lab: LabNodes) -> None:
         assert "closed the connection before sending an SSH banner" in result.error
 
 
-def test_banner_timeout_is_named(lab: LabNodes) -> None:
+def test_banner_timeout_is_named_and_the_client_hangs_up(lab: LabNodes) -> None:
     server = listener(46)
-    done = threading.Event()
+    hung_up: list[bool] = []
 
     def hold() -> None:
+        """Accept, never send a banner, and see who ends the connection."""
         conn, _ = server.accept()
         with conn:
-            done.wait(10)
+            conn.settimeout(10)
+            try:
+                while conn.recv(4096):  # the client's own banner, then its hang-up (b"")
+                    pass
+                hung_up.append(True)
+            except OSError:  # our 10 s ran out (the client kept waiting) or a reset
+                hung_up.append(False)
 
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
     try:
-        started = time.monotonic()
         report = run(lab, targets=[target_of(server, lab)], banner_timeout=0.5)
-        elapsed = time.monotonic() - started
     finally:
-        done.set()
-        thread.join(timeout=10)
+        thread.join(timeout=15)
         server.close()
-    assert elapsed < 10
     error = report.nodes[0].error
     assert error is not None and "within 0.5s (banner timeout)" in error
+    assert hung_up == [True]  # the banner timeout, not the server, ended the connection
 
 
 def test_connect_timeout_is_named() -> None:
@@ -411,7 +460,6 @@ def test_connect_timeout_is_named() -> None:
     server = listener(47, backlog=0)
     filler = socket.create_connection(server.getsockname(), timeout=2)
     try:
-        started = time.monotonic()
         report = preflight(
             [NodeTarget(*server.getsockname(), "nobody")],
             private_key=fresh_ed25519_key(),
@@ -422,11 +470,9 @@ def test_connect_timeout_is_named() -> None:
             ignore_docker_version=False,
             connect_timeout=0.5,
         )
-        elapsed = time.monotonic() - started
     finally:
         filler.close()
         server.close()
-    assert elapsed < 10
     result = report.nodes[0]
     assert not result.reachable
     assert result.error is not None and "timed out after 0.5s (connect timeout)" in result.error
