@@ -6,10 +6,12 @@ from typing import TypeVar
 
 from prefect.blocks.core import Block
 
+from cluster_mgmt.errors import ClusterMgmtError
+
 B = TypeVar("B", bound=Block)
 
 
-class BlockNotFoundError(LookupError):
+class BlockNotFoundError(ClusterMgmtError, LookupError):
     """A block the flow was told to use does not exist."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.redact import redact
 
 LineSink = Callable[[str, str], None]
@@ -30,7 +31,7 @@ LAST_LINES = 3
 _WRAPPER = Path(__file__).with_name("die_with_parent.py")
 
 
-class DriverError(Exception):
+class DriverError(ClusterMgmtError):
     """The driver cannot run at all (binary missing, not executable); nothing was started."""
 
 

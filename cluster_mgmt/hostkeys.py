@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from paramiko.hostkeys import HostKeyEntry, HostKeys
 
+from cluster_mgmt.errors import ClusterMgmtError
+
 ACCEPTED_KEY_TYPES = (
     "ed25519, ecdsa (nistp256/384/521) or rsa, unencrypted, in OpenSSH or PEM format"
 )
@@ -24,11 +26,11 @@ ACCEPTED_KEY_TYPES = (
 _HOSTKEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
 
 
-class SshInputError(Exception):
+class SshInputError(ClusterMgmtError):
     """Unusable SSH input (private key, host-key policy); says what to fix, never the key."""
 
 
-class HostKeyError(Exception):
+class HostKeyError(ClusterMgmtError):
     """A node's host key is not trusted: unknown, changed or revoked; says what to do."""
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.identity import ClusterId, ClusterName, Environment
 from cluster_mgmt.patterns import (
     DNS_LABEL,
@@ -88,7 +89,7 @@ Role = Literal["controlplane", "etcd", "worker"]
 NetworkPlugin = Literal["canal", "flannel", "calico", "weave", "none"]
 
 
-class SpecError(ValueError):
+class SpecError(ClusterMgmtError, ValueError):
     """A request that cannot be served as written; the message names the field and the fix."""
 
 

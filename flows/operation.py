@@ -15,21 +15,20 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-from blocks.loading import BlockNotFoundError, load_block
-from cluster_mgmt.driver import DriverError, RkeDriver
+from blocks.loading import load_block
+from cluster_mgmt.driver import RkeDriver
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.phases import Operation, Phase
-from cluster_mgmt.policy import Decision
-from cluster_mgmt.preflight import HostKeyPolicy, NodeTarget, PreflightError, load_private_key
+from cluster_mgmt.policy import Decision, PolicyDeniedError
+from cluster_mgmt.preflight import HostKeyPolicy, NodeTarget, load_private_key
 from cluster_mgmt.redact import RedactingFilter, redact, register_secret
 from cluster_mgmt.state import ClusterNotFoundError, ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
-from tasks.policy import PolicyDeniedError, validate_policy
+from tasks.policy import validate_policy
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_event_for, update_cluster_artifact
 
 P = ParamSpec("P")
-EXPECTED = (ClusterMgmtError, PolicyDeniedError, BlockNotFoundError, DriverError, PreflightError)
 
 
 @dataclass
@@ -63,7 +62,7 @@ def expected_failures(fn: Callable[P, State]) -> Callable[P, State]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> State:
         try:
             return fn(*args, **kwargs)
-        except EXPECTED as exc:
+        except ClusterMgmtError as exc:
             message = redact(str(exc))
             get_run_logger().error("%s", message)
             return Failed(message=message)
@@ -95,14 +94,14 @@ def check_policy(
     legitimate run fail as busy.
     """
     operation = Operation.TEARDOWN if kind.endswith("teardown") else Operation.PROVISION
-    try:
-        return validate_policy(policy, kind, environment, name, spec)
-    except PolicyDeniedError as denied:
-        cluster = volume.cluster(environment, name)
-        if cluster.exists():
-            with suppress(ClusterNotFoundError):  # torn down meanwhile
-                cluster.record_decision(operation, denied.decision.to_dict())
-        raise
+    decision = validate_policy(policy, kind, environment, name, spec)
+    if decision.allowed:
+        return decision
+    cluster = volume.cluster(environment, name)
+    if cluster.exists():
+        with suppress(ClusterNotFoundError):  # torn down meanwhile
+            cluster.record_decision(operation, decision.to_dict())
+    raise PolicyDeniedError(decision)
 
 
 def current_run_id() -> str:
@@ -193,3 +192,6 @@ def verify_host_keys(
             f"keys, so it may have talked to another host): {reasons}. Find out why the key "
             "changed before trusting this cluster"
         )
+
+
+install_redaction()  # also for what is logged before the blocks are loaded

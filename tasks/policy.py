@@ -16,14 +16,6 @@ from cluster_mgmt.redact import register_secret
 from tasks.reporting import publish_decision
 
 
-class PolicyDeniedError(RuntimeError):
-    """Policy refused the change; the message lists the violated rules."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(decision.summary())
-        self.decision = decision
-
-
 @task(name="validate-policy", cache_policy=NO_CACHE)
 def validate_policy(
     policy: str, kind: str, environment: str, name: str, spec: dict[str, Any]
@@ -38,10 +30,9 @@ def validate_policy(
         spec: The request (ClusterSpec as JSON), `{}` for teardown.
 
     Returns:
-        The decision (the client retries transient failures itself, with a bounded total).
-
-    Raises:
-        PolicyDeniedError: When the decision is a denial.
+        The decision, a denial too: the flow decides what to do with it (so a denial ends
+        the run with its one-line reason, not a task traceback). The client retries
+        transient failures itself, with a bounded total.
     """
     logger = get_run_logger()
     try:
@@ -57,7 +48,5 @@ def validate_policy(
     publish_decision(environment, name, decision)
     for warning in decision.warnings:
         logger.warning("policy warning [%s]: %s", warning.rule, warning.message)
-    if not decision.allowed:
-        raise PolicyDeniedError(decision)
     logger.info("policy: %s", decision.summary())
     return decision

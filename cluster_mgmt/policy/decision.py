@@ -9,13 +9,15 @@ from typing import Any, Literal
 from pydantic import StrictStr
 from pydantic.dataclasses import dataclass as validated
 
+from cluster_mgmt.errors import ClusterMgmtError
+
 Severity = Literal["error", "warning"]
 CLUSTER = "rke-cluster"
 TEARDOWN = "rke-cluster-teardown"
 KINDS: tuple[str, ...] = (CLUSTER, TEARDOWN)
 
 
-class PolicyError(Exception):
+class PolicyError(ClusterMgmtError):
     """No verdict: the policy file, the service or its answer is unusable; says what to fix."""
 
     def __init__(self, message: str, *, attempts: int = 0, elapsed_seconds: float = 0.0) -> None:
@@ -83,3 +85,14 @@ class Decision:
             return head
         listed = "; ".join(f"[{v.severity}] {v.rule}: {v.message}" for v in self.violations)
         return f"{head}: {listed}"
+
+
+class PolicyDeniedError(ClusterMgmtError):
+    """Policy refused the change; the message lists the violated rules."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.summary())
+        self.decision = decision
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.decision,)
