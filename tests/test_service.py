@@ -89,7 +89,7 @@ def test_cli_reports_a_wrong_token_and_a_down_server(prefect_server):
 @pytest.fixture(scope="module")
 def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
     """Bootstrap into a fresh pool and run a real process worker on it."""
-    from deployments.embedded import EmbeddedWorker
+    from lab.embedded import EmbeddedWorker
 
     home = tmp_path_factory.mktemp("service")
     key = home / "id_node"
