@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_UI_URL
 
 from cluster_mgmt.state import StateError, Status
+
+# Events (a block load emits one) are sent at exit; their "Still processing items" warning would
+# be a second line under a one-line error.
+logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 # Exit codes a script can rely on.
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND, DAMAGED = 0, 1, 2, 3, 4, 5
