@@ -8,9 +8,13 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
+import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -20,6 +24,7 @@ import httpx
 import pytest
 import websockets
 import yaml
+from cryptography.fernet import Fernet
 
 from tests.conftest import AUTH_STRING
 
@@ -292,12 +297,12 @@ def test_failed_run_gives_exit_code_1(service, lab_nodes):
 def kill_tree(root: int) -> None:
     """SIGKILL a process and all its descendants (flow runs live in sessions of their own)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
     doomed, queue = [], [root]
     while queue:
         pid = queue.pop()
@@ -386,3 +391,67 @@ def test_a_damaged_status_json_is_one_line_and_exit_code_5(service):
     assert result.returncode == 5, result.stderr
     assert "status.json is not a valid status record" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+# --- the embedded server: secrets at rest, the UI, process hygiene -----------------------------
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    """A second embedded server with its UI, in a folder every local user may traverse."""
+    from lab.embedded import EmbeddedServer
+
+    base = Path(tempfile.mkdtemp(prefix="cluster-mgmt-own-"))
+    base.chmod(0o755)
+    server = EmbeddedServer(
+        home=base / "prefect", auth_string=AUTH_STRING, cache_dir=base / "cache"
+    )
+    with server:
+        yield server
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_embedded_server_keeps_secrets_private(own_server):
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: own_server.api_url}):
+        Secret(value="s3cret-value").save("at-rest", overwrite=True)
+    home = own_server.home
+    db = home / "prefect.db"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for path in [db, own_server.log_path, *own_server.cache_dir.glob("*.db")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    key_file = home.parent / "encryption-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    with sqlite3.connect(db) as connection:
+        keys = [row[0] for row in connection.execute("SELECT key FROM configuration")]
+        [data] = connection.execute(
+            "SELECT data FROM block_document WHERE name = 'at-rest'"
+        ).fetchone()
+    assert "ENCRYPTION_KEY" not in keys
+    assert "s3cret-value" not in data
+    assert Fernet(key_file.read_text().encode()).decrypt(json.loads(data).encode())
+    for path in (db, home):
+        denied = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "ls", "-l", str(path)],
+            check=False,
+            capture_output=True,
+        )
+        assert denied.returncode != 0, denied.stdout
+
+
+def test_run_urls_open_the_ui_the_root_opens(own_server):
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    from deployments.client import run_url
+
+    html = {"Accept": "text/html"}
+    root = httpx.get(own_server.ui_url + "/", headers=html, follow_redirects=True)
+    with temporary_settings(updates={PREFECT_API_URL: own_server.api_url, PREFECT_UI_URL: ""}):
+        url = run_url(uuid.uuid4())
+    page = httpx.get(url, headers=html, follow_redirects=True)
+    assert root.status_code == page.status_code == 200
+    base = root.url.path  # where the root's redirect lands: the default UI's base
+    assert base != "/" and str(page.url) == url and page.url.path.startswith(base)
+    assert page.text == root.text  # the same single-page app
