@@ -455,3 +455,76 @@ def test_run_urls_open_the_ui_the_root_opens(own_server):
     base = root.url.path  # where the root's redirect lands: the default UI's base
     assert base != "/" and str(page.url) == url and page.url.path.startswith(base)
     assert page.text == root.text  # the same single-page app
+
+
+def _started_by(root: int) -> dict[int, str]:
+    """pid -> start time of `root`'s descendants and of every process carrying its reaper's
+    marker (flow runs and the reaper leave the tree)."""
+    from lab.reaper import MARKER
+
+    parents, marked, started = {}, set(), {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(proc.name)
+            parents[pid], started[pid] = int(fields[1]), fields[19]
+            if f"{MARKER}=".encode() in (proc / "environ").read_bytes():
+                marked.add(pid)
+    found, queue = set(), [root]
+    while queue:
+        pid = queue.pop()
+        found.add(pid)
+        queue += [child for child, parent in parents.items() if parent == pid]
+    return {pid: started[pid] for pid in (found | marked) - {root} if pid in started}
+
+
+def _alive(processes: dict[int, str]) -> list[int]:
+    alive = []
+    for pid, start in processes.items():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[19] == start and fields[0] != "Z":
+                alive.append(pid)
+    return alive
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-while-ignored", "SIGKILL"])
+def test_lab_server_leaves_no_process_behind(tmp_path, how):
+    lab_cli = str(Path(sys.executable).parent / "cluster-mgmt-lab")
+    command = [lab_cli, "server", "--workdir", str(tmp_path / "lab"), "--nodes", "1"]
+    if how == "SIGINT-while-ignored":  # as `cluster-mgmt-lab server &` in a script starts it
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for line in process.stdout:
+            if "Lab nodes up" in line:
+                break
+        else:
+            pytest.fail(f"the lab server did not come up (exit {process.wait()})")
+        started = _started_by(process.pid)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started]
+        assert any(b"server\0start" in c for c in commands)
+        assert any(b"worker\0start" in c for c in commands)
+        assert any(b"sshd" in c for c in commands)
+        server = next(p for p, c in zip(started, commands, strict=True) if b"server\0start" in c)
+        ignored = int(
+            re.search(r"SigIgn:\s*(\w+)", Path(f"/proc/{server}/status").read_text()).group(1),
+            16,
+        )
+        assert not ignored & (1 << (signal.SIGINT - 1)), "the server inherited SIGINT ignored"
+        sig = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}.get(how, signal.SIGINT)
+        process.send_signal(sig)
+        process.wait(timeout=60)
+        if sig != signal.SIGKILL:
+            assert process.returncode == 0, process.stdout.read()
+        deadline = time.monotonic() + 40
+        while _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(started), [Path(f"/proc/{p}/cmdline").read_bytes() for p in started]
+    finally:
+        if process.poll() is None:
+            kill_tree(process.pid)
+        process.wait(timeout=10)
