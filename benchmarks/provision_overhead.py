@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="provisions to time (default 5)")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from deployments.embedded import EmbeddedServer
+    from lab.embedded import EmbeddedServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-provision-"))
     auth = f"bench:{secrets.token_hex(8)}"

@@ -1,7 +1,9 @@
 """`cluster-mgmt`: the operator's command line, speaking to the Prefect API.
 
-Exit codes: 0 done, 1 the flow run failed, 2 bad input, 3 Prefect API unreachable or token
-refused, 4 unknown cluster or deployment.
+Exit codes: 0 done, 1 the flow run failed, 2 bad input, 3 trouble with the Prefect API
+(unreachable, token refused, an error status, a timeout), 4 unknown cluster or deployment,
+5 a cluster's state on the volume is damaged. The embedded server and the lab are
+`cluster-mgmt-lab`'s (in the `lab` package, which this module never imports).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ app = typer.Typer(
         "Cluster Management Service: RKE clusters provisioned, configured, watched and torn "
         "down by Prefect flows. Talks to the Prefect API named by PREFECT_API_URL with the "
         "shared token in PREFECT_API_AUTH_STRING.\n\nExit codes: 0 done, 1 the flow run "
-        "failed, 2 bad input, 3 API unreachable or token refused, 4 unknown cluster or "
-        "deployment."
+        "failed, 2 bad input, 3 trouble with the Prefect API (unreachable, token refused, an "
+        "error status, a timeout), 4 unknown cluster or deployment, 5 a cluster's state on "
+        "the volume is damaged."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -36,7 +39,8 @@ Wait = Annotated[
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    one_line = " ".join(line.strip() for line in message.splitlines())
+    typer.echo(f"error: {one_line}", err=True)
     return typer.Exit(code)
 
 
@@ -51,7 +55,9 @@ def _errors() -> Iterator[None]:
         raise _fail(str(exc), exc.exit_code) from None
 
 
-def _start(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
+def start_run(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
+    """Start a run of `deployment` and print it; with `wait`, follow it and exit with its
+    outcome."""
     from deployments.client import FAILED, follow, run_url, trigger
 
     with _errors():
@@ -91,7 +97,7 @@ def create(
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
         )
         raise _fail(f"{spec}: {problems}", USAGE) from None
-    _start("provision-cluster/default", {"spec": request.model_dump(mode="json")}, wait)
+    start_run("provision-cluster/default", {"spec": request.model_dump(mode="json")}, wait)
 
 
 @app.command()
@@ -104,7 +110,7 @@ def delete(environment: str, name: str, wait: Wait = False) -> None:
             raise _fail(
                 f"unknown cluster {environment}/{name}; `cluster-mgmt list` shows them", NOT_FOUND
             )
-    _start("teardown-cluster/default", {"environment": environment, "name": name}, wait)
+    start_run("teardown-cluster/default", {"environment": environment, "name": name}, wait)
 
 
 @app.command()
@@ -115,11 +121,11 @@ def status(
     name: Annotated[str | None, typer.Argument(help="Cluster name.")] = None,
 ) -> None:
     """Show a cluster's status: its `cluster-<env>-<name>` artifact, and its status.json when
-    the state volume is mounted here. Without arguments, list all clusters."""
+    the state volume is mounted here. Without arguments, list the live clusters."""
     from deployments.client import NOT_FOUND, USAGE, cluster_artifacts, local_status
 
     if environment is None:
-        list_clusters(None)
+        list_clusters(None, show_all=False)
         return
     if name is None:
         raise _fail("give both ENVIRONMENT and NAME, or neither", USAGE)
@@ -139,14 +145,18 @@ def status(
 @app.command(name="list")
 def list_clusters(
     environment: Annotated[str | None, typer.Option(help="Only this environment.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also clusters that were torn down (DELETED).")
+    ] = False,
 ) -> None:
-    """List known clusters with their phase."""
-    from deployments.client import cluster_artifacts
+    """List live clusters with their phase (`--all`: deleted ones too)."""
+    from deployments.client import cluster_artifacts, phase_of
 
     with _errors():
         found = cluster_artifacts(environment)
     for artifact in found:
-        typer.echo(f"{artifact.key.removeprefix('cluster-'):40}  {artifact.description or ''}")
+        if show_all or phase_of(artifact) != "DELETED":
+            typer.echo(f"{artifact.key.removeprefix('cluster-'):40}  {artifact.description or ''}")
 
 
 @app.command()
@@ -234,73 +244,6 @@ def bootstrap(
         typer.echo(f"created  {item}")
     for item in report.kept:
         typer.echo(f"ok       {item}")
-
-
-WorkDir = Annotated[Path, typer.Option(help="Folder for the server, worker, lab and state.")]
-
-
-def _lab_spec(lab: Any, environment: str, name: str) -> dict[str, Any]:
-    from cluster_mgmt.spec import expand_hosts
-
-    roles = expand_hosts([n.address for n in lab.nodes])
-    nodes = [
-        {"address": n.address, "port": n.port, "roles": r.roles}
-        for n, r in zip(lab.nodes, roles, strict=True)
-    ]
-    return {"environment": environment, "name": name, "nodes": nodes}
-
-
-def _until_interrupted() -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        typer.echo("stopping")
-
-
-@app.command()
-def server(
-    workdir: WorkDir = Path(".lab/server"),
-    nodes: Annotated[int, typer.Option(min=1, max=9, help="Lab nodes to start.")] = 3,
-) -> None:
-    """Run the embedded service until Ctrl-C: server, worker, lab nodes, bootstrap.
-
-    A ClusterSpec for the lab nodes is written to <workdir>/lab-spec.yaml for `create`.
-    """
-    from lab.service import embedded_service
-
-    with embedded_service(workdir, nodes, typer.echo) as (_, lab):
-        spec_file = workdir.resolve() / "lab-spec.yaml"
-        spec_file.write_text(yaml.safe_dump(_lab_spec(lab, "lab", "web"), sort_keys=False))
-        typer.echo(f"Lab nodes up; try: cluster-mgmt create --spec {spec_file} --wait")
-        _until_interrupted()
-
-
-@app.command()
-def demo(
-    workdir: WorkDir = Path(".lab/demo"),
-    nodes: Annotated[int, typer.Option(min=1, max=9, help="Lab nodes in the cluster.")] = 3,
-    keep: Annotated[bool, typer.Option(help="Keep cluster and server up until Ctrl-C.")] = False,
-) -> None:
-    """Provision a cluster on lab nodes through the API, then tear it down.
-
-    Starts the embedded default (Prefect server on 127.0.0.1 with SQLite and the shared token,
-    a process worker, lab nodes with real sshd, the lab's rke), bootstraps it, triggers
-    provision-cluster/default exactly as an outside client would and follows it; then
-    teardown-cluster/default. Watch it in the UI at the printed URL (its login asks for the
-    token kept in <workdir>/api-auth-string).
-    """
-    from lab.service import embedded_service
-
-    with embedded_service(workdir, nodes, typer.echo) as (_, lab):
-        spec = _lab_spec(lab, "demo", "web")
-        typer.echo(f"Provisioning demo/web on {nodes} lab nodes ...")
-        _start("provision-cluster/default", {"spec": spec}, wait=True)
-        if keep:
-            typer.echo("The cluster is up; Ctrl-C tears it down and stops everything.")
-            _until_interrupted()
-        typer.echo("Tearing demo/web down ...")
-        _start("teardown-cluster/default", {"environment": "demo", "name": "web"}, wait=True)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,13 +19,17 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import LogSort
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_UI_URL
 
-from cluster_mgmt.state import Status
+from cluster_mgmt.state import StateError, Status
+
+# Events (a block load emits one) are sent at exit; their "Still processing items" warning would
+# be a second line under a one-line error.
+logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 # Exit codes a script can rely on.
-OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
+OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND, DAMAGED = 0, 1, 2, 3, 4, 5
 
 
 class ServiceError(Exception):
@@ -37,32 +42,70 @@ class ServiceError(Exception):
 
 @contextmanager
 def api() -> Iterator[SyncPrefectClient]:
-    """A Prefect client whose connection and auth failures become ServiceErrors."""
+    """A Prefect client whose connection, auth, status and timeout failures become
+    ServiceErrors (exit code 3)."""
     url = PREFECT_API_URL.value()
     if not url:
         raise ServiceError("PREFECT_API_URL is not set; point it at the Prefect API", USAGE)
     try:
         with get_client(sync_client=True) as client:
             yield client
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise ServiceError(
-            f"cannot reach the Prefect API at {url} ({exc.__class__.__name__}); "
-            "is the server running (cluster-mgmt server)?",
-            UNREACHABLE,
-        ) from None
-    except PrefectHTTPStatusError as exc:
-        if exc.response.status_code == 401:
-            raise ServiceError(
-                f"the Prefect API at {url} refused the credentials; set PREFECT_API_AUTH_STRING "
-                "to the server's shared token",
-                UNREACHABLE,
-            ) from None
-        raise
+    except httpx.HTTPError as exc:
+        raise ServiceError(_api_trouble(url, exc), UNREACHABLE) from None
+
+
+def _api_trouble(url: str, exc: httpx.HTTPError) -> str:
+    """What went wrong talking to the API at `url`, in one line that says what to check."""
+    name = exc.__class__.__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot reach the Prefect API at {url} ({name}); is the server running?"
+    if isinstance(exc, httpx.TimeoutException):
+        limit = PREFECT_API_REQUEST_TIMEOUT.value()
+        return (
+            f"the Prefect API at {url} did not answer in time ({name}, limit {limit} s, "
+            "PREFECT_API_REQUEST_TIMEOUT); is it overloaded or stuck?"
+        )
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return f"talking to the Prefect API at {url} failed ({name}: {exc})"
+    code = exc.response.status_code
+    answer = f"{code} {exc.response.reason_phrase}".strip()
+    if code == 401:
+        return (
+            f"the Prefect API at {url} refused the credentials ({answer}); set "
+            "PREFECT_API_AUTH_STRING to the server's shared token"
+        )
+    if code == 403:
+        return (
+            f"the Prefect API at {url} refused access ({answer}); check PREFECT_API_AUTH_STRING "
+            "and what stands in front of the API (proxy, load balancer rules)"
+        )
+    if code >= 500:
+        return (
+            f"the Prefect API at {url} answered {answer}; the server or the load balancer in "
+            "front of it is failing, try again later"
+        )
+    return f"the Prefect API at {url} answered {answer} to {exc.request.method} {exc.request.url}"
 
 
 def run_url(run_id: UUID) -> str:
+    """The run's page in the UI the server's root opens (Prefect 3.9 serves the new UI under
+    `/v2` and the older one at the root, which redirects to the default)."""
     ui = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
-    return f"{ui}/runs/flow-run/{run_id}"
+    return f"{ui.rstrip('/')}{_default_ui_base(ui)}/runs/flow-run/{run_id}"
+
+
+def _default_ui_base(ui: str) -> str:
+    try:
+        settings = httpx.get(f"{ui.rstrip('/')}/ui-settings", timeout=5).json()
+        base = settings[f"{settings['default_ui']}_base_url"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        base = "/v2"  # Prefect 3.9's default UI
+    return base.rstrip("/") if isinstance(base, str) else "/v2"
+
+
+def phase_of(artifact: Any) -> str:
+    """A cluster artifact's phase (its description reads `<PHASE>: <message>`)."""
+    return (artifact.description or "").split(":", 1)[0].strip()
 
 
 def trigger(deployment: str, parameters: dict[str, Any]) -> FlowRun:
@@ -142,6 +185,10 @@ def local_status(environment: str, name: str) -> Status | None:
     if not volume.root.is_dir():
         return None
     try:
-        return volume.cluster(environment, name).read_status()
+        cluster = volume.cluster(environment, name)
     except ValueError:  # not a valid environment/name: there is no such cluster
         return None
+    try:
+        return cluster.read_status()
+    except StateError as exc:
+        raise ServiceError(str(exc), DAMAGED) from None

@@ -8,31 +8,28 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deployments.embedded import EmbeddedServer, EmbeddedWorker
 from lab import rke_binary
+from lab.embedded import EmbeddedServer, EmbeddedWorker, private_dir, secret_file
 from lab.nodes import LabNodes
-
-
-def _auth_file(workdir: Path) -> Path:
-    """The shared token, kept in a 0600 file (never printed)."""
-    path = workdir / "api-auth-string"
-    if not path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"operator:{secrets.token_urlsafe(24)}")
-    return path
+from lab.reaper import Reaper
 
 
 @contextmanager
 def embedded_service(
     workdir: Path, nodes: int, echo: Callable[[str], None] = print
 ) -> Iterator[tuple[EmbeddedServer, LabNodes]]:
-    """Server (shared token), worker, lab nodes and bootstrap; everything stopped on exit."""
-    workdir = workdir.resolve()
-    auth_file = _auth_file(workdir)
-    auth_string = auth_file.read_text().strip()
-    server = EmbeddedServer(home=workdir / "prefect", auth_string=auth_string)
+    """Server (shared token), worker, lab nodes and bootstrap; everything stopped on exit, and
+    by a reaper should this process be killed outright.
+
+    The shared token (`api-auth-string`) and the Secret-block key (`encryption-key`) are 0600
+    files in `workdir` (0700), never printed.
+    """
+    workdir = private_dir(workdir.resolve())
+    auth_file = workdir / "api-auth-string"
+    auth_string = secret_file(auth_file, lambda: f"operator:{secrets.token_urlsafe(24)}")
+    server = EmbeddedServer(
+        home=workdir / "prefect", auth_string=auth_string, key_file=workdir / "encryption-key"
+    )
     # Prefect reads its settings when first imported: configure the client before that.
     os.environ |= {
         "PREFECT_API_URL": server.api_url,
@@ -43,8 +40,12 @@ def embedded_service(
     worker = EmbeddedWorker(
         home=workdir / "worker", api_url=server.api_url, auth_string=auth_string
     )
+    lab = LabNodes(workdir / "nodes", nodes, first_address=2)
     echo(f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})")
-    with server, worker, LabNodes(workdir / "nodes", nodes, first_address=2) as lab:
+    with Reaper() as reaper, server, worker, lab:
+        # By process group too: sshd rewrites its environment (and with it the marker).
+        for process in (server.process, worker.process, *(n.process for n in lab.nodes)):
+            reaper.track(process.pid)
         from deployments.bootstrap import BlockValues, bootstrap  # imports prefect: after env
 
         bootstrap(

@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real `prefect server start` on 127.0.0.1 with the shared token; stopped at the end."""
-    from deployments.embedded import EmbeddedServer
+    from lab.embedded import EmbeddedServer
 
     server = EmbeddedServer(
         home=_HOME / "server",

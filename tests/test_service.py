@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import os
+import re
+import shutil
 import signal
+import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +24,7 @@ import httpx
 import pytest
 import websockets
 import yaml
+from cryptography.fernet import Fernet
 
 from tests.conftest import AUTH_STRING
 
@@ -83,13 +91,63 @@ def test_cli_reports_a_wrong_token_and_a_down_server(prefect_server):
     assert down.returncode == 3 and "cannot reach the Prefect API" in down.stderr
 
 
+class Misbehaving(http.server.BaseHTTPRequestHandler):
+    """An API that answers every request with `status`, or never answers (`status` 0)."""
+
+    status = 0
+    released = threading.Event()
+
+    def do_GET(self) -> None:
+        if not self.status:
+            self.released.wait(30)
+            return
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html><body>the load balancer says no</body></html>")
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (403, "refused access (403 Forbidden)"),
+        (502, "answered 502 Bad Gateway"),
+        (0, "did not answer in time (ReadTimeout"),
+    ],
+)
+def test_cli_reports_api_trouble_in_one_line_with_exit_code_3(status, says):
+    handler = type("Handler", (Misbehaving,), {"status": status, "released": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        "PREFECT_API_URL": f"http://127.0.0.1:{server.server_port}/api",
+        "PREFECT_API_REQUEST_TIMEOUT": "1",
+        "PREFECT_CLIENT_MAX_RETRIES": "0",
+    }
+    try:
+        for args in (["list"], ["status", "svc", "web"], ["delete", "svc", "web"]):
+            result = cli(*args, env=env, timeout=60)
+            assert result.returncode == 3, result.stderr
+            assert result.stderr.startswith("error: ") and says in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    finally:
+        handler.released.set()
+        server.shutdown()
+        server.server_close()
+
+
 # --- bootstrap, deployments, worker, CLI -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
     """Bootstrap into a fresh pool and run a real process worker on it."""
-    from deployments.embedded import EmbeddedWorker
+    from lab.embedded import EmbeddedWorker
 
     home = tmp_path_factory.mktemp("service")
     key = home / "id_node"
@@ -153,14 +211,6 @@ def test_create_is_asynchronous_and_wait_follows_the_run(service, lab_nodes):
     }
     spec_file = service["home"] / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
-    started = time.monotonic()
-    quick = cli("create", "--spec", str(spec_file))
-    assert quick.returncode == 0, quick.stderr
-    assert (
-        time.monotonic() - started < 30
-        and "flow run" in quick.stdout
-        and "/runs/flow-run/" in quick.stdout
-    )
 
     waited = cli("create", "--spec", str(spec_file), "--wait", timeout=240)
     assert waited.returncode == 0, waited.stderr + waited.stdout
@@ -174,6 +224,37 @@ def test_create_is_asynchronous_and_wait_follows_the_run(service, lab_nodes):
     deleted = cli("delete", "svc", spec["name"], "--wait", timeout=240)
     assert deleted.returncode == 0, deleted.stderr + deleted.stdout
     assert "DELETED" in deleted.stdout
+    assert spec["name"] not in cli("list", "--environment", "svc").stdout
+    listed_all = cli("list", "--environment", "svc", "--all").stdout
+    assert f"svc-{spec['name']}" in listed_all and "DELETED" in listed_all
+
+
+@contextlib.contextmanager
+def paused_pool(deployment: str):
+    """No worker gets runs of `deployment` while paused."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment_by_name(deployment).work_pool_name
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+        try:
+            yield client
+        finally:
+            client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
+
+
+def test_create_returns_as_soon_as_the_run_exists(service, lab_nodes):
+    spec_file = _spec_file(service, lab_nodes, f"a{uuid.uuid4().hex[:6]}")
+    with paused_pool("provision-cluster/default") as client:
+        created = cli("create", "--spec", str(spec_file), timeout=60)  # a wait would hang
+        assert created.returncode == 0, created.stderr
+        run_id = re.search(r"flow run ([0-9a-f-]{36}) ", created.stdout).group(1)
+        try:
+            assert client.read_flow_run(uuid.UUID(run_id)).state.type.value == "SCHEDULED"
+        finally:
+            client.delete_flow_run(uuid.UUID(run_id))
+    assert f"/v2/runs/flow-run/{run_id}" in created.stdout
 
 
 def test_bad_input_is_refused_before_anything_starts(service, tmp_path):
@@ -216,12 +297,12 @@ def test_failed_run_gives_exit_code_1(service, lab_nodes):
 def kill_tree(root: int) -> None:
     """SIGKILL a process and all its descendants (flow runs live in sessions of their own)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
     doomed, queue = [], [root]
     while queue:
         pid = queue.pop()
@@ -298,3 +379,152 @@ def test_kubeconfig_prints_the_customer_secret_block(service):
     assert found.returncode == 0 and "kind: Config" in found.stdout
     missing = cli("kubeconfig", "svc", "nothing-here")
     assert missing.returncode == 4 and "no customer kubeconfig" in missing.stderr
+
+
+def test_a_damaged_status_json_is_one_line_and_exit_code_5(service):
+    from blocks import ClusterStateVolume
+
+    cluster = ClusterStateVolume.load("default").volume().cluster("svc", "damaged")
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    (cluster.dir / "status.json").write_text('{"phase": "READY", "mess')
+    result = cli("status", "svc", "damaged")
+    assert result.returncode == 5, result.stderr
+    assert "status.json is not a valid status record" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+# --- the embedded server: secrets at rest, the UI, process hygiene -----------------------------
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    """A second embedded server with its UI, in a folder every local user may traverse."""
+    from lab.embedded import EmbeddedServer
+
+    base = Path(tempfile.mkdtemp(prefix="cluster-mgmt-own-"))
+    base.chmod(0o755)
+    server = EmbeddedServer(
+        home=base / "prefect", auth_string=AUTH_STRING, cache_dir=base / "cache"
+    )
+    with server:
+        yield server
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_embedded_server_keeps_secrets_private(own_server):
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: own_server.api_url}):
+        Secret(value="s3cret-value").save("at-rest", overwrite=True)
+    home = own_server.home
+    db = home / "prefect.db"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for path in [db, own_server.log_path, *own_server.cache_dir.glob("*.db")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    key_file = home.parent / "encryption-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    with sqlite3.connect(db) as connection:
+        keys = [row[0] for row in connection.execute("SELECT key FROM configuration")]
+        [data] = connection.execute(
+            "SELECT data FROM block_document WHERE name = 'at-rest'"
+        ).fetchone()
+    assert "ENCRYPTION_KEY" not in keys
+    assert "s3cret-value" not in data
+    assert Fernet(key_file.read_text().encode()).decrypt(json.loads(data).encode())
+    for path in (db, home):
+        denied = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "ls", "-l", str(path)],
+            check=False,
+            capture_output=True,
+        )
+        assert denied.returncode != 0, denied.stdout
+
+
+def test_run_urls_open_the_ui_the_root_opens(own_server):
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    from deployments.client import run_url
+
+    html = {"Accept": "text/html"}
+    root = httpx.get(own_server.ui_url + "/", headers=html, follow_redirects=True)
+    with temporary_settings(updates={PREFECT_API_URL: own_server.api_url, PREFECT_UI_URL: ""}):
+        url = run_url(uuid.uuid4())
+    page = httpx.get(url, headers=html, follow_redirects=True)
+    assert root.status_code == page.status_code == 200
+    base = root.url.path  # where the root's redirect lands: the default UI's base
+    assert base != "/" and str(page.url) == url and page.url.path.startswith(base)
+    assert page.text == root.text  # the same single-page app
+
+
+def _started_by(root: int) -> dict[int, str]:
+    """pid -> start time of `root`'s descendants and of every process carrying its reaper's
+    marker (flow runs and the reaper leave the tree)."""
+    from lab.reaper import MARKER
+
+    parents, marked, started = {}, set(), {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(proc.name)
+            parents[pid], started[pid] = int(fields[1]), fields[19]
+            if f"{MARKER}=".encode() in (proc / "environ").read_bytes():
+                marked.add(pid)
+    found, queue = set(), [root]
+    while queue:
+        pid = queue.pop()
+        found.add(pid)
+        queue += [child for child, parent in parents.items() if parent == pid]
+    return {pid: started[pid] for pid in (found | marked) - {root} if pid in started}
+
+
+def _alive(processes: dict[int, str]) -> list[int]:
+    alive = []
+    for pid, start in processes.items():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[19] == start and fields[0] != "Z":
+                alive.append(pid)
+    return alive
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-while-ignored", "SIGKILL"])
+def test_lab_server_leaves_no_process_behind(tmp_path, how):
+    lab_cli = str(Path(sys.executable).parent / "cluster-mgmt-lab")
+    command = [lab_cli, "server", "--workdir", str(tmp_path / "lab"), "--nodes", "1"]
+    if how == "SIGINT-while-ignored":  # as `cluster-mgmt-lab server &` in a script starts it
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for line in process.stdout:
+            if "Lab nodes up" in line:
+                break
+        else:
+            pytest.fail(f"the lab server did not come up (exit {process.wait()})")
+        started = _started_by(process.pid)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started]
+        assert any(b"server\0start" in c for c in commands)
+        assert any(b"worker\0start" in c for c in commands)
+        assert any(b"sshd" in c for c in commands)
+        server = next(p for p, c in zip(started, commands, strict=True) if b"server\0start" in c)
+        ignored = int(
+            re.search(r"SigIgn:\s*(\w+)", Path(f"/proc/{server}/status").read_text()).group(1),
+            16,
+        )
+        assert not ignored & (1 << (signal.SIGINT - 1)), "the server inherited SIGINT ignored"
+        sig = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}.get(how, signal.SIGINT)
+        process.send_signal(sig)
+        process.wait(timeout=60)
+        if sig != signal.SIGKILL:
+            assert process.returncode == 0, process.stdout.read()
+        deadline = time.monotonic() + 40
+        while _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(started), [Path(f"/proc/{p}/cmdline").read_bytes() for p in started]
+    finally:
+        if process.poll() is None:
+            kill_tree(process.pid)
+        process.wait(timeout=10)

@@ -294,3 +294,47 @@ def test_worker_rbac_is_namespaced_and_minimal():
     assert env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"] == namespace
     props = load_template("kubernetes")["variables"]["properties"]
     assert props["namespace"]["default"] == namespace
+
+
+# --- the Job the Kubernetes worker would create ------------------------------------------
+
+
+def test_kubernetes_worker_renders_a_valid_job(prefect_server):
+    """Rendered as prefect-kubernetes' worker does, then read as the API server's Job schema."""
+    import asyncio
+
+    from kubernetes.client import ApiClient
+    from prefect.client.schemas.objects import Flow, FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    flow = Flow(name="provision-cluster")
+    deployment = DeploymentResponse(name="default", flow_id=flow.id)
+    run = FlowRun(name="brave-fox", flow_id=flow.id, deployment_id=deployment.id)
+    values = {"state_pvc": "cluster-mgmt-state-prod"}
+    configuration = asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(
+            load_template("kubernetes"), values
+        )
+    )
+    configuration.prepare_for_flow_run(run, deployment=deployment, flow=flow)
+    manifest = configuration.job_manifest
+
+    assert "None" not in json.dumps(manifest["metadata"]), manifest["metadata"]
+    assert manifest["metadata"]["generateName"].startswith("brave-fox")
+    job = ApiClient()._ApiClient__deserialize(manifest, "V1Job")  # the Job schema, strictly
+    assert ApiClient().sanitize_for_serialization(job) == _without_nulls(manifest)
+    pod = job.spec.template.spec
+    [claim] = [v.persistent_volume_claim for v in pod.volumes if v.persistent_volume_claim]
+    assert claim.claim_name == "cluster-mgmt-state-prod"
+    for container in pod.containers:
+        resources = container.resources.to_dict() if container.resources else {}
+        assert "0" not in json.dumps(resources), resources
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value

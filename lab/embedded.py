@@ -1,4 +1,9 @@
-"""The embedded default: a Prefect server on SQLite on 127.0.0.1, guarded by the shared token."""
+"""The embedded default: a Prefect server on SQLite on 127.0.0.1, guarded by the shared token.
+
+Everything it keeps is private to its user: the server home is 0700 and its files 0600, and
+the key that encrypts Secret blocks lives outside the database (`PREFECT_SERVER_ENCRYPTION_KEY`
+from the environment, else a 0600 key file), so a copy of `prefect.db` alone decrypts nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Self
 
 import httpx
+from cryptography.fernet import Fernet
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
+ENCRYPTION_KEY = "PREFECT_SERVER_ENCRYPTION_KEY"
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
 }
@@ -30,14 +39,64 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The content of a 0600 file, created with `make()` if it does not exist yet."""
+    if not path.exists():
+        private_dir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a server-like child in its own session, its log 0600, with default signal
+    dispositions (a parent started with SIGINT ignored, as `cmd &` in a script does, must not
+    hand that on) and no terminal input."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    ignored = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if _ignored(s)]
+    try:
+        for sig in ignored:  # exec resets handled signals to SIG_DFL, ignored ones stay ignored
+            signal.signal(sig, _still_ignored)
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            restore_signals=True,
+        )
+    finally:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+        os.close(fd)
+
+
+def _ignored(sig: signal.Signals) -> bool:
+    return signal.getsignal(sig) == signal.SIG_IGN
+
+
+def _still_ignored(*_: object) -> None:
+    """A handler that does nothing: ignored here, default in the child after exec."""
+
+
 def migrated_database(cache_dir: Path) -> Path:
-    """A migrated SQLite database for this Prefect version, made once and then copied.
+    """A migrated SQLite database for this Prefect version (0600), made once and then copied.
 
     Migrations are half of a fresh server's start-up; a copy starts in about 5 s.
     """
     template = cache_dir / f"prefect-{version('prefect')}.db"
     if not template.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cache_dir)
         partial = template.with_suffix(f".{os.getpid()}.tmp")
         env = {
             **os.environ,
@@ -52,19 +111,26 @@ def migrated_database(cache_dir: Path) -> Path:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        partial.chmod(0o600)
         partial.rename(template)
+    template.chmod(0o600)
     return template
 
 
 @dataclass
 class EmbeddedServer:
-    """`prefect server start` on loopback with `PREFECT_SERVER_API_AUTH_STRING`; a context manager."""
+    """`prefect server start` on loopback with `PREFECT_SERVER_API_AUTH_STRING`; a context manager.
+
+    The Secret-block key comes from `PREFECT_SERVER_ENCRYPTION_KEY` in the environment, else
+    from `key_file` (default `<home>/../encryption-key`, created 0600 on first start).
+    """
 
     home: Path
     auth_string: str
     port: int = field(default_factory=free_port)
     ui: bool = True
     cache_dir: Path | None = None
+    key_file: Path | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -79,11 +145,22 @@ class EmbeddedServer:
     def log_path(self) -> Path:
         return self.home / "server.log"
 
+    @property
+    def database(self) -> Path:
+        return self.home / "prefect.db"
+
+    def encryption_key(self) -> str:
+        if os.environ.get(ENCRYPTION_KEY):
+            return os.environ[ENCRYPTION_KEY]
+        path = self.key_file or self.home.parent / "encryption-key"
+        return secret_file(path, lambda: Fernet.generate_key().decode())
+
     def start(self, timeout: float = 90.0) -> EmbeddedServer:
-        self.home.mkdir(parents=True, exist_ok=True)
-        db = self.home / "prefect.db"
+        private_dir(self.home)
+        db = self.database
         if not db.exists():
             shutil.copyfile(migrated_database(self.cache_dir or self.home / "cache"), db)
+        db.chmod(0o600)  # SQLite gives its -wal/-shm/-journal files the database's mode
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {
             **QUIET,
@@ -91,18 +168,12 @@ class EmbeddedServer:
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}",
             "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
             "PREFECT_SERVER_API_AUTH_STRING": self.auth_string,
+            ENCRYPTION_KEY: self.encryption_key(),
             "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
             "PREFECT_UI_API_URL": self.api_url,
         }
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = spawn(command, env, self.log_path)
         deadline = time.monotonic() + timeout
         while not self._healthy():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -118,7 +189,7 @@ class EmbeddedServer:
             return False
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_group(self.process)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -144,7 +215,7 @@ class EmbeddedWorker:
         return self.home / "worker.log"
 
     def start(self) -> EmbeddedWorker:
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {
             **QUIET,
@@ -156,20 +227,12 @@ class EmbeddedWorker:
             "PREFECT_WORKER_PREFETCH_SECONDS": "10",
         }
         command = [PREFECT, "worker", "start", "--pool", self.pool, "--type", "process"]
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                [*command, "--install-policy", "never"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn([*command, "--install-policy", "never"], env, self.log_path)
         return self
 
     def stop(self, grace: float = 15.0) -> None:
         """Stop the worker and the flow runs it started (grace 0: SIGKILL at once)."""
-        _stop(self.process, grace)
+        stop_group(self.process, grace)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -178,7 +241,7 @@ class EmbeddedWorker:
         self.stop()
 
 
-def _stop(process: subprocess.Popen | None, grace: float = 15.0) -> None:
+def stop_group(process: subprocess.Popen | None, grace: float = 15.0) -> None:
     """SIGTERM a process group we started; SIGKILL it if it lingers."""
     if process is None or process.poll() is not None:
         return
