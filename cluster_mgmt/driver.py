@@ -100,7 +100,7 @@ def _unquote(text: str) -> str:
 
 @dataclass
 class RkeDriver:
-    """RKE1's `rke` CLI, run as a subprocess (reference/rke.md)."""
+    """RKE1's `rke` CLI, run as a subprocess (docs/rke.md)."""
 
     binary: str = "rke"
     timeout_seconds: float = 3600.0

@@ -1,4 +1,4 @@
-"""Render RKE's `cluster.yml` from a ClusterSpec (schema: reference/rke.md §4)."""
+"""Render RKE's `cluster.yml` from a ClusterSpec (schema: docs/rke.md §4)."""
 
 from __future__ import annotations
 

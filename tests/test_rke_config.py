@@ -1,4 +1,4 @@
-"""cluster.yml rendering follows RKE's schema (reference/rke.md §4)."""
+"""cluster.yml rendering follows RKE's schema (docs/rke.md §4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Stand-in for RKE1's `rke` CLI (v1.6.3), run as the `lab-rke` executable.
 
-It follows rke's code paths and texts (reference/rke.md): urfave/cli v1 parsing, logrus output
+It follows rke's code paths and texts (docs/rke.md): urfave/cli v1 parsing, logrus output
 on stdout, cluster.yml parsed like yaml.v2, rke's defaults and validation order, real x509 PKI,
 SSH (paramiko) to every node, plain 0600 writes of `<name>.rkestate` and `kube_config_<name>`.
 On the nodes it drives the `docker` stand-in (lab.docker): certificates land in the node's

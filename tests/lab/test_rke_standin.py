@@ -1,4 +1,4 @@
-"""The lab's `rke` stand-in against reference/rke.md, run as a subprocess against real lab nodes."""
+"""The lab's `rke` stand-in against docs/rke.md, run as a subprocess against real lab nodes."""
 
 from __future__ import annotations
 
