@@ -1,6 +1,6 @@
 """The state volume: each cluster's RKE files, status, history, staging and lock.
 
-Layout and rules are the contract in design.md, "State on the volume". RKE state is never deleted
+Layout and rules: docs/contracts.md, "State on the volume". RKE state is never deleted
 or rolled back: the only removals are staging directories after promotion and history beyond the
 limit. Every write is atomic (see ``cluster_mgmt.atomic``).
 """

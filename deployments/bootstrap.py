@@ -59,6 +59,20 @@ def _init_volume(values: BlockValues, report: BootstrapReport) -> str | None:
     return marker.volume_id
 
 
+def _record_volume_id(block: ClusterStateVolume, volume_id: str, report: BootstrapReport) -> None:
+    """Pin an existing block to the volume just initialised, never to another one."""
+    if block.volume_id == volume_id:
+        return
+    if block.volume_id is not None:
+        raise ValueError(
+            f"block cluster-state-volume/default expects volume {block.volume_id}, but the "
+            f"volume initialised at {block.root} is {volume_id}; mount the right volume"
+        )
+    block.volume_id = volume_id
+    block.save("default", overwrite=True)
+    report.created.append(f"volume id {volume_id} in block cluster-state-volume/default")
+
+
 def _ensure_blocks(values: BlockValues, report: BootstrapReport, overwrite: bool) -> None:
     for block_type in BLOCK_TYPES:
         block_type.register_type_and_schema()
@@ -81,11 +95,14 @@ def _ensure_blocks(values: BlockValues, report: BootstrapReport, overwrite: bool
         label = f"block {block_type.get_block_type_slug()}/default"
         if not overwrite:
             try:
-                block_type.load("default")
-                report.kept.append(label)
-                continue
+                existing = block_type.load("default")
             except ValueError:
                 pass
+            else:
+                if volume_id and block_type is ClusterStateVolume:
+                    _record_volume_id(existing, volume_id, report)
+                report.kept.append(label)
+                continue
         if block_type is NodeSshAccess and "private_key" not in fields:
             report.kept.append(f"{label} (not created: give --ssh-key-file)")
             continue

@@ -8,6 +8,7 @@ Exit codes: 0 done, 1 the flow run failed, 2 bad input, 3 trouble with the Prefe
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -176,6 +177,40 @@ def kubeconfig(environment: str, name: str) -> None:
 
 
 @app.command()
+def init(
+    state_root: Annotated[
+        Path,
+        typer.Option(envvar="CLUSTER_MGMT_STATE_ROOT", help="The state volume's mount point."),
+    ],
+    ebs_volume_id: Annotated[
+        str | None, typer.Option(help="The EBS volume mounted there (vol-...), if any.")
+    ] = None,
+) -> None:
+    """Initialise a new state volume: write its marker at the root, once (idempotent).
+
+    Run it on the host where the volume is mounted, before the first cluster. Operations
+    refuse a root without the marker (an unmounted mount point is an empty folder) and a
+    marker that differs from the cluster-state-volume block, so a missing volume can never
+    look like a volume without clusters. Record the printed id as the block's volume_id.
+    """
+    from cluster_mgmt.state import StateVolume, VolumeError
+    from deployments.client import USAGE
+
+    existed = state_root.is_dir()
+    try:
+        marker = StateVolume(state_root, ebs_volume_id=ebs_volume_id).initialise()
+    except (VolumeError, OSError) as exc:
+        raise _fail(str(exc), USAGE) from None
+    if existed and not os.path.ismount(state_root):
+        typer.echo(
+            f"note: {state_root} is not a mount point; if a volume should be mounted there, "
+            "this initialised the folder underneath it",
+            err=True,
+        )
+    typer.echo(f"state volume {state_root.absolute()}: volume id {marker.volume_id}")
+
+
+@app.command()
 def bootstrap(
     state_root: Annotated[
         str | None, typer.Option(envvar="CLUSTER_MGMT_STATE_ROOT", help="State volume mount point.")
@@ -212,6 +247,13 @@ def bootstrap(
     ] = None,
     pool: Annotated[str, typer.Option(help="Work pool to create and deploy to.")] = "cluster-mgmt",
     pool_type: Annotated[str, typer.Option(help="process, docker or kubernetes.")] = "process",
+    init_volume: Annotated[
+        bool,
+        typer.Option(
+            help="Also initialise --state-root as a new state volume (the volume is mounted "
+            "on this host) and record its id in the cluster-state-volume block."
+        ),
+    ] = False,
 ) -> None:
     """Register block types, default blocks, the work pool and the deployments (idempotent).
 
@@ -231,6 +273,7 @@ def bootstrap(
         known_hosts=known_hosts_file.read_text() if known_hosts_file else None,
         host_key_policy=host_key_policy.value if host_key_policy else None,
         rke_binary=rke_binary,
+        init_volume=init_volume,
     )
     with _errors(), api():
         try:

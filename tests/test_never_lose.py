@@ -232,3 +232,22 @@ def test_a_dead_holders_lease_frees_the_cluster(env: Env):
     # the lease (60 s, Prefect's minimum) expires and the server frees the slot
     with cluster_lock("test", env.name, timeout_seconds=150):
         assert read_limit(ClusterId("test", env.name).lock_name).active_slots == 1
+
+
+def test_init_command_initialises_a_volume_once(tmp_path: Path):
+    root = tmp_path / "volume"
+    cli = [str(Path(sys.executable).parent / "cluster-mgmt"), "init", "--state-root", str(root)]
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 0, first.stderr
+    marker = StateVolume(root).check_usable()
+    assert first.stdout.strip().endswith(f"volume id {marker.volume_id}")
+    again = subprocess.run(
+        [*cli, "--ebs-volume-id", "vol-0abc"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 2 and "initialised for EBS volume (none)" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert StateVolume(root).check_usable() == marker
