@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from blocks import ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
 from cluster_mgmt.preflight import load_private_key
 from cluster_mgmt.state import StateVolume
+from cluster_mgmt.volume_marker import read_marker
 
 HERE = Path(__file__).resolve().parent
 PREFECT_YAML = HERE / "prefect.yaml"
@@ -54,14 +55,19 @@ def _init_volume(values: BlockValues, report: BootstrapReport) -> str | None:
         return None
     if not values.state_root:
         raise ValueError("initialising the state volume needs its root (--state-root)")
-    marker = StateVolume(values.state_root).initialise()
-    report.created.append(f"state volume {values.state_root} (volume id {marker.volume_id})")
+    volume = StateVolume(values.state_root)
+    fresh = read_marker(volume.root) is None
+    marker = volume.initialise()
+    label = f"state volume {volume.root} (volume id {marker.volume_id})"
+    (report.created if fresh else report.kept).append(label)
     return marker.volume_id
 
 
-def _record_volume_id(block: ClusterStateVolume, volume_id: str, report: BootstrapReport) -> None:
-    """Pin an existing block to the volume just initialised, never to another one."""
-    if block.volume_id == volume_id:
+def _record_volume_id(
+    block: ClusterStateVolume, root: str, volume_id: str, report: BootstrapReport
+) -> None:
+    """Pin an existing block naming `root` to the volume just initialised there."""
+    if block.volume_id == volume_id or block.volume().root != StateVolume(root).root:
         return
     if block.volume_id is not None:
         raise ValueError(
@@ -100,7 +106,7 @@ def _ensure_blocks(values: BlockValues, report: BootstrapReport, overwrite: bool
                 pass
             else:
                 if volume_id and block_type is ClusterStateVolume:
-                    _record_volume_id(existing, volume_id, report)
+                    _record_volume_id(existing, values.state_root, volume_id, report)
                 report.kept.append(label)
                 continue
         if block_type is NodeSshAccess and "private_key" not in fields:

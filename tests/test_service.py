@@ -161,6 +161,7 @@ def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
         pool,
         "--state-root",
         str(home / "state"),
+        "--init-volume",
         "--ssh-user",
         lab_nodes.user,
         "--ssh-key-file",
@@ -459,23 +460,33 @@ def test_run_urls_open_the_ui_the_root_opens(own_server):
 
 def _started_by(root: int) -> dict[int, str]:
     """pid -> start time of `root`'s descendants and of every process carrying its reaper's
-    marker (flow runs and the reaper leave the tree)."""
+    marker (flow runs and the reaper leave the tree); other lab servers' are not ours."""
     from lab.reaper import MARKER
 
-    parents, marked, started = {}, set(), {}
+    parents, tokens, started = {}, {}, {}
+    prefix = f"{MARKER}=".encode()
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             pid = int(proc.name)
             parents[pid], started[pid] = int(fields[1]), fields[19]
-            if f"{MARKER}=".encode() in (proc / "environ").read_bytes():
-                marked.add(pid)
+            for item in (proc / "environ").read_bytes().split(b"\0"):
+                if item.startswith(prefix):
+                    tokens[pid] = item
     found, queue = set(), [root]
     while queue:
         pid = queue.pop()
         found.add(pid)
         queue += [child for child, parent in parents.items() if parent == pid]
+    ours = {tokens[pid] for pid in found if pid in tokens}
+    marked = {pid for pid, token in tokens.items() if token in ours}
     return {pid: started[pid] for pid in (found | marked) - {root} if pid in started}
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b"(gone)"
 
 
 def _alive(processes: dict[int, str]) -> list[int]:
@@ -523,7 +534,8 @@ def test_lab_server_leaves_no_process_behind(tmp_path, how):
         deadline = time.monotonic() + 40
         while _alive(started) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(started), [Path(f"/proc/{p}/cmdline").read_bytes() for p in started]
+        left = _alive(started)
+        assert not left, [_cmdline(p) for p in left]
     finally:
         if process.poll() is None:
             kill_tree(process.pid)
