@@ -89,7 +89,10 @@ def main() -> None:
             tally, started = Tally(), time.monotonic()
             for i in range(count):
                 what = run(lab, rng, tally) if label == "R1" else run(lab, log, rng, tally)
-                print(f"{label} {i + 1}/{count}: {what}", flush=True)
+                print(
+                    f"{label} {i + 1}/{count}: {what}; problems so far {len(tally.problems)}",
+                    flush=True,
+                )
             results[label] = (tally, time.monotonic() - started)
     for label, (tally, seconds) in results.items():
         print(
