@@ -17,6 +17,7 @@ import typer
 import yaml
 
 from cluster_mgmt.preflight import HostKeyPolicy
+from deployments.cluster_commands import register as register_cluster_commands
 
 app = typer.Typer(
     help=(
@@ -301,6 +302,9 @@ def demo(
             _until_interrupted()
         typer.echo("Tearing demo/web down ...")
         _start("teardown-cluster/default", {"environment": "demo", "name": "web"}, wait=True)
+
+
+register_cluster_commands(app)
 
 
 def main() -> None:

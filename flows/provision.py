@@ -1,4 +1,4 @@
-"""Flow provision-cluster: policy → preflight → render → rke up → persist → READY."""
+"""Flow provision-cluster: policy → preflight → render → rke up → persist → configure → READY."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
+from flows.configure import configure
 from flows.operation import (
     check_policy,
     cluster_operation,
@@ -46,7 +47,10 @@ def provision_cluster(
 ) -> State:
     """Create an RKE cluster on the spec's nodes and keep its state on the state volume.
 
-    Policy first: a denied request touches no node and writes nothing on the volume.
+    Policy first: a denied request touches no node and writes nothing on the volume. After
+    `rke up` the cluster is CONFIGURING (customer access, kubeconfig, managed resources) and
+    READY only once that succeeded; a failed configuration leaves it FAILED, and either
+    configure-cluster (without RKE) or provision-cluster again (with `rke up`) resumes it.
 
     Args:
         spec: The cluster to create.
@@ -120,7 +124,10 @@ def provision_cluster(
             )
         verify_host_keys(settings, cluster, targets, "rke up")
 
-        cluster.write_status(Phase.READY, Operation.PROVISION, run_id, outcome.summary, spec_hash)
+        configured = configure(cluster, Operation.PROVISION, spec.customer)
+        cluster.write_status(
+            Phase.READY, Operation.PROVISION, run_id, f"{outcome.summary}; {configured}", spec_hash
+        )
         update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
         emit_cluster_event(
             cluster,
