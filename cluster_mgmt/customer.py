@@ -114,6 +114,12 @@ def record_access(cluster: ClusterState, customer: CustomerAccess) -> None:
     write_record(cluster, CUSTOMER_RECORD, access_manifests(customer))
 
 
+def has_recorded_access(cluster: ClusterState) -> bool:
+    """True once a provision recorded the customer's access (clusters provisioned before the
+    service configured customers have none: their next provision configures them)."""
+    return CUSTOMER_RECORD in cluster.resource_names()
+
+
 def recorded_access(cluster: ClusterState) -> CustomerAccess:
     """The customer access recorded for the cluster (RefusedError if none is)."""
     objects = read_record(cluster, CUSTOMER_RECORD)

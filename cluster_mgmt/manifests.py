@@ -17,7 +17,9 @@ from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.kube import Kube, KubeError, describe
 from cluster_mgmt.state import ClusterState
 
-MAX_MANIFEST_BYTES = 1024 * 1024
+# Prefect refuses flow runs whose parameters exceed 512 KiB serialised (JSON escaping can grow
+# YAML text): manifests are bounded well below that, with a message saying what to do.
+MAX_MANIFEST_BYTES = 256 * 1024
 RESOURCE_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 CUSTOMER_RECORD = "cluster-mgmt-customer"  # the customer's access objects (cluster_mgmt.customer)
 DEFAULT_NAMESPACE = "default"

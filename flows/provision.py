@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.operations import ProvisionStep, host_key_policy, provision_step
 from cluster_mgmt.phases import Operation, Phase
@@ -80,7 +81,7 @@ def provision_cluster(
     ) as cluster:
         cluster.record_decision(Operation.PROVISION, decision.to_dict())
         step = provision_step(cluster, spec_hash, config, witness)
-        if step is ProvisionStep.NOTHING_TO_DO:
+        if step is ProvisionStep.NOTHING_TO_DO and has_recorded_access(cluster):
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)
             return finished(cluster)
         logger.info("Provision of %s: %s", spec.cluster_name, step)

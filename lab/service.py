@@ -10,6 +10,7 @@ from pathlib import Path
 
 from deployments.embedded import EmbeddedServer, EmbeddedWorker
 from lab import rke_binary
+from lab.kube.supervisor import ENV, LabSupervisor
 from lab.nodes import LabNodes
 
 
@@ -40,11 +41,15 @@ def embedded_service(
         "PREFECT_HOME": str(workdir / "client"),
         "DO_NOT_TRACK": "1",
     }
+    supervisor = LabSupervisor(workdir / "supervisor", export=False)  # the clusters' APIs
     worker = EmbeddedWorker(
-        home=workdir / "worker", api_url=server.api_url, auth_string=auth_string
+        home=workdir / "worker",
+        api_url=server.api_url,
+        auth_string=auth_string,
+        extra_env={ENV: supervisor.socket_path},
     )
     echo(f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})")
-    with server, worker, LabNodes(workdir / "nodes", nodes, first_address=2) as lab:
+    with supervisor, server, worker, LabNodes(workdir / "nodes", nodes, first_address=2) as lab:
         from deployments.bootstrap import BlockValues, bootstrap  # imports prefect: after env
 
         bootstrap(

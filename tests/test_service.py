@@ -18,6 +18,7 @@ import pytest
 import websockets
 import yaml
 
+from lab.kube.supervisor import ENV
 from tests.conftest import AUTH_STRING
 
 LAB_FIRST_ADDRESS = 30
@@ -87,7 +88,7 @@ def test_cli_reports_a_wrong_token_and_a_down_server(prefect_server):
 
 
 @pytest.fixture(scope="module")
-def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
+def service(prefect_server, lab_nodes, lab_rke, lab_supervisor, tmp_path_factory):
     """Bootstrap into a fresh pool and run a real process worker on it."""
     from deployments.embedded import EmbeddedWorker
 
@@ -120,7 +121,7 @@ def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
         api_url=prefect_server.api_url,
         auth_string=AUTH_STRING,
         pool=pool,
-        extra_env={"LAB_RKE_FAULTS": str(faults)},
+        extra_env={"LAB_RKE_FAULTS": str(faults), ENV: lab_supervisor.socket_path},
     )
     with worker:
         yield {"home": home, "args": args, "first": first, "worker": worker, "faults": faults}
