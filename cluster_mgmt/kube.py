@@ -217,9 +217,10 @@ def connect(kubeconfig: str) -> Iterator[Kube]:
         raise KubeError("kubeconfig's cluster has no server")
     conf = client.Configuration()
     conf.host = cluster["server"]
+    # a refused connection is retried briefly; a request the server took is never repeated
+    conf.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, backoff_factor=0.1)
     ca = _b64(cluster, "certificate-authority")
     if ca:
-        conf.ssl_ca_cert = None
         conf.ca_cert_data = ca.decode()
     fds: list[int] = []
     try:

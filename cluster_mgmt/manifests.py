@@ -23,6 +23,7 @@ MAX_MANIFEST_BYTES = 256 * 1024
 RESOURCE_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 CUSTOMER_RECORD = "cluster-mgmt-customer"  # the customer's access objects (cluster_mgmt.customer)
 DEFAULT_NAMESPACE = "default"
+API_VERSION = re.compile(r"(?:[a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+(?:(?:alpha|beta)[0-9]+)?")
 
 
 class ManifestError(RefusedError):
@@ -89,6 +90,8 @@ def _problem(doc: Any) -> str:
         missing.append("metadata.name")
     if missing:
         return f"missing {', '.join(missing)}"
+    if not API_VERSION.fullmatch(doc["apiVersion"]):
+        return f"apiVersion {doc['apiVersion']!r} is not <group>/<version> or <version>"
     if doc["kind"].endswith("List"):
         return f"kind {doc['kind']}: give the items as separate documents"
     if doc["kind"] == "Secret" and doc["apiVersion"] == "v1":

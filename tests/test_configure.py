@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client, config
@@ -23,6 +24,7 @@ from prefect.logging.handlers import APILogWorker
 
 import cluster_mgmt.customer
 from cluster_mgmt.spec import CustomerAccess
+from tests.conftest import API_URL, AUTH_STRING
 from tests.flowenv import Env, failure_message
 
 LAB_FIRST_ADDRESS = 170  # nodes 127.0.0.170-172; the cluster's API on 127.0.0.170:6443
@@ -69,6 +71,10 @@ def test_provision_configures_a_cluster_admin_customer(env: Env):
     kubeconfig = env.cluster.read_text("customer_kube_config.yml")
     assert (env.cluster.dir / "customer_kube_config.yml").stat().st_mode & 0o777 == 0o600
     assert block_value(env) == kubeconfig
+    # the Secret block is served only with the shared token (the original served it to anyone)
+    blocks = f"{API_URL}/block_documents/filter"
+    assert httpx.post(blocks, json={}).status_code == 401
+    assert httpx.post(blocks, json={}, auth=tuple(AUTH_STRING.split(":", 1))).status_code == 200
     doc = yaml.safe_load(kubeconfig)
     assert doc["clusters"][0]["cluster"]["server"] == f"https://{env.lab.nodes[0].address}:6443"
     with customer_client(kubeconfig) as api:

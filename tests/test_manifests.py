@@ -32,6 +32,7 @@ def test_multi_document_manifest_skips_empty_documents():
         ("apiVersion: v1\nkind: List\nmetadata: {name: a}\nitems: []\n", "separate documents"),
         ("apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n", "kind Secret"),
         ("---\n---\n", "holds no object"),
+        ("apiVersion: apps/v1/../../api/v1\nkind: Secret\nmetadata: {name: a}\n", "apiVersion"),
         (CM % "a" + "data: {x: '" + "y" * MAX_MANIFEST_BYTES + "'}\n", "over the limit"),
     ],
 )
