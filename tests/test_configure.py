@@ -167,6 +167,20 @@ def test_api_down_mid_configure_fails_then_configure_converges(env: Env, monkeyp
     assert len(list(env.cluster.history_dir.glob("*-up"))) == ups
 
 
+def test_a_ready_cluster_without_customer_access_is_configured_by_its_next_provision(env: Env):
+    assert env.provision().is_completed()
+    # as a cluster provisioned before the service configured customers
+    (env.cluster.dir / "resources" / "cluster-mgmt-customer.yaml").unlink()
+    (env.cluster.dir / "customer_kube_config.yml").unlink()
+    refused = env.configure()
+    assert refused.is_failed() and "no recorded customer access" in failure_message(refused)
+    state = env.provision()
+    assert state.is_completed(), failure_message(state)
+    assert env.cluster.resource_names() == ["cluster-mgmt-customer"]
+    with customer_client(env.cluster.read_text("customer_kube_config.yml")) as api:
+        assert client.CoreV1Api(api).list_node().items
+
+
 def test_configure_is_refused_before_rke_brought_the_cluster_up(env: Env):
     env.fault(fail_at="worker")
     assert env.provision().is_failed()
@@ -193,9 +207,8 @@ def test_rotation_revokes_the_old_token_only_after_the_new_one_works(env: Env):
 
 
 def test_token_and_kubeconfig_never_reach_the_api(env: Env):
-    assert env.provision().is_completed()
-    assert env.rotate().is_completed()
-    assert env.configure().is_completed()
+    states = [env.provision(), env.rotate(), env.configure()]
+    assert all(s.is_completed() for s in states)
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     kubeconfig = env.cluster.read_text("customer_kube_config.yml")
@@ -206,20 +219,15 @@ def test_token_and_kubeconfig_never_reach_the_api(env: Env):
     tokens = [token, *encoded, *(base64.b64decode(t).decode() for t in encoded)]
     text = ""
     with get_client(sync_client=True) as prefect:
-        runs = prefect.read_flow_runs(limit=200)
-        ours = [
-            r
-            for r in runs
-            if r.parameters.get("name") == env.name
-            or ((r.parameters.get("spec") or {}).get("name") == env.name)
-        ]
-        assert len(ours) >= 3
-        for run in ours:
+        for state in states:
+            run = prefect.read_flow_run(state.state_details.flow_run_id)
             logs = prefect.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
             )
+            assert logs
             text += "\n".join(log.message for log in logs)
             text += json.dumps(run.parameters) + (run.state.message or "")
+            text += json.dumps(state.result())
         artifacts = prefect.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"cluster-test-{env.name}"]))
         )
