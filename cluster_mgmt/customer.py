@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
-from cluster_mgmt.kube import Kind, Kube, KubeError, connect
+from cluster_mgmt.kube import Kind, Kube, KubeError, connect, current_context
 from cluster_mgmt.manifests import CUSTOMER_RECORD, read_record, write_record
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.redact import register_secret
@@ -159,9 +159,8 @@ class Credentials:
 
 
 def endpoint(admin_kubeconfig: str) -> tuple[str, str]:
-    """Server URL and CA data of the cluster, from the admin kubeconfig's first cluster."""
-    doc = yaml.safe_load(admin_kubeconfig)
-    cluster = doc["clusters"][0]["cluster"]
+    """Server URL and CA data of the cluster, from the admin kubeconfig's current context."""
+    cluster, _ = current_context(yaml.safe_load(admin_kubeconfig))
     return cluster["server"], cluster["certificate-authority-data"]
 
 

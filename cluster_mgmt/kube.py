@@ -182,7 +182,7 @@ def _b64(entry: dict[str, Any], key: str) -> bytes | None:
     return None
 
 
-def _current(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def current_context(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The cluster and user entries of the kubeconfig's current context."""
 
     def named(section: str, name: str) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def connect(kubeconfig: str) -> Iterator[Kube]:
         raise KubeError("kubeconfig does not parse as YAML") from None
     if not isinstance(doc, dict):
         raise KubeError("kubeconfig is not a YAML mapping")
-    cluster, user = _current(doc)
+    cluster, user = current_context(doc)
     if not cluster.get("server"):
         raise KubeError("kubeconfig's cluster has no server")
     conf = client.Configuration()
