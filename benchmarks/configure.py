@@ -89,7 +89,7 @@ def _measure(admin: str, runs: int) -> tuple[list[tuple[float, int]], list[tuple
         with connect(admin) as kube:
             access.apply_access(kube, customer)
             creds = access.ensure_credentials(kube, admin, "bench", customer, stored)
-            access.revoke_other_tokens(kube, customer, keep=creds.secret)
+            access.revoke_other_tokens(kube, customer, creds)
         return time.perf_counter() - started, count[0], creds.kubeconfig
 
     fresh, rerun = [], []

@@ -156,6 +156,7 @@ class Credentials:
     secret: str
     kubeconfig: str = field(repr=False)
     new: bool = False
+    others: tuple[str, ...] | None = None  # the account's other token Secrets, if listed
 
 
 def endpoint(admin_kubeconfig: str) -> tuple[str, str]:
@@ -285,16 +286,18 @@ def ensure_credentials(
         return customer_kubeconfig(cluster_name, server, ca_data, customer, token)
 
     with step("token secret"):
-        found = [] if rotate else token_secrets(kube, customer)
+        found = None if rotate else token_secrets(kube, customer)
+    names = None if found is None else [s["metadata"]["name"] for s in found]
     current = stored_token(stored)
-    for secret in sorted(found, key=lambda s: _token(s) != current):
-        token = _token(secret)
+    for secret in sorted(found or [], key=lambda s: _token(s) != current):
+        token, name = _token(secret), secret["metadata"]["name"]
         if token is None:
             continue
         config = kubeconfig(token)
         with step("token check"):
             if works(config, customer):
-                return Credentials(secret["metadata"]["name"], config, new=config != stored)
+                others = tuple(n for n in names or [] if n != name)
+                return Credentials(name, config, new=config != stored, others=others)
     obj = new_token_secret(customer)
     path = path_of(obj)
     with step("token secret"):
@@ -304,16 +307,21 @@ def ensure_credentials(
     with step("token check"):
         if not works(config, customer):
             raise KubeError(f"the new token of {path} is refused by the cluster")
-    return Credentials(obj["metadata"]["name"], config, new=True)
+    # after a rotation nothing was listed (None): the old Secrets are listed when revoked
+    others = None if names is None else tuple(names)
+    return Credentials(obj["metadata"]["name"], config, new=True, others=others)
 
 
-def revoke_other_tokens(kube: Kube, customer: CustomerAccess, keep: str) -> list[str]:
-    """Delete the account's other token Secrets (revoking their tokens); their names."""
-    revoked = []
+def revoke_other_tokens(
+    kube: Kube, customer: CustomerAccess, credentials: Credentials
+) -> list[str]:
+    """Delete the account's token Secrets other than the one in use (revoking their tokens);
+    their names. Call it only once `credentials` are stored."""
     with step("revoke old tokens"):
-        for secret in token_secrets(kube, customer):
-            name = secret["metadata"]["name"]
-            if name != keep:
-                kube.delete(secret, KINDS["Secret"].path(customer.namespace, name))
-                revoked.append(name)
-    return revoked
+        others = credentials.others
+        if others is None:
+            listed = token_secrets(kube, customer)
+            others = tuple(n for s in listed if (n := s["metadata"]["name"]) != credentials.secret)
+        for name in others:
+            kube.delete({}, KINDS["Secret"].path(customer.namespace, name))
+    return list(others)

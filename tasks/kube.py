@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
+import httpx
 from prefect import get_run_logger, task
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
@@ -77,9 +78,15 @@ def configure_customer_access(
             cluster.read_text(CUSTOMER_KUBECONFIG),
             rotate=rotate,
         )
-        with access.step("store kubeconfig"):
+        try:
             stored = _store(cluster, credentials)
-        revoked = access.revoke_other_tokens(kube, customer, keep=credentials.secret)
+        except (OSError, httpx.HTTPError) as exc:  # the volume or the Prefect API
+            # only the error's kind: an API error may echo the request, the kubeconfig
+            raise access.ConfigureError(
+                f"{access.STEP_FAILED}store kubeconfig' failed: {type(exc).__name__}; "
+                "check the state volume and the Prefect API, then run configure-cluster"
+            ) from None
+        revoked = access.revoke_other_tokens(kube, customer, credentials)
     if revoked:
         logger.info("Revoked the tokens of %s", ", ".join(revoked))
     what = "new token" if credentials.new else "token kept"
