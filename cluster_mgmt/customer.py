@@ -250,7 +250,7 @@ def wait_for_token(kube: Kube, path: str, timeout: float = TOKEN_WAIT_SECONDS) -
                 "controller running?"
             )
         time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        delay = min(delay + 0.05, 0.5)
 
 
 def new_token_secret(customer: CustomerAccess) -> dict[str, Any]:
