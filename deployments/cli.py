@@ -20,6 +20,7 @@ import typer
 import yaml
 
 from cluster_mgmt.preflight import HostKeyPolicy
+from deployments.cluster_commands import register as register_cluster_commands
 
 app = typer.Typer(
     help=(
@@ -287,6 +288,9 @@ def bootstrap(
         typer.echo(f"created  {item}")
     for item in report.kept:
         typer.echo(f"ok       {item}")
+
+
+register_cluster_commands(app)
 
 
 def main() -> None:

@@ -1,16 +1,18 @@
-"""Flow provision-cluster: policy → preflight → render → rke up → persist → READY."""
+"""Flow provision-cluster: policy → preflight → render → rke up → persist → configure → READY."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.operations import ProvisionStep, host_key_policy, provision_step
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
+from flows.configure import configure
 from flows.operation import (
     check_policy,
     cluster_operation,
@@ -46,7 +48,10 @@ def provision_cluster(
 ) -> State:
     """Create an RKE cluster on the spec's nodes and keep its state on the state volume.
 
-    Policy first: a denied request touches no node and writes nothing on the volume.
+    Policy first: a denied request touches no node and writes nothing on the volume. After
+    `rke up` the cluster is CONFIGURING (customer access, kubeconfig, managed resources) and
+    READY only once that succeeded; a failed configuration leaves it FAILED, and either
+    configure-cluster (without RKE) or provision-cluster again (with `rke up`) resumes it.
 
     Args:
         spec: The cluster to create.
@@ -76,7 +81,7 @@ def provision_cluster(
     ) as cluster:
         cluster.record_decision(Operation.PROVISION, decision.to_dict())
         step = provision_step(cluster, spec_hash, config, witness)
-        if step is ProvisionStep.NOTHING_TO_DO:
+        if step is ProvisionStep.NOTHING_TO_DO and has_recorded_access(cluster):
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)
             return finished(cluster)
         logger.info("Provision of %s: %s", spec.cluster_name, step)
@@ -120,7 +125,10 @@ def provision_cluster(
             )
         verify_host_keys(settings, cluster, targets, "rke up")
 
-        cluster.write_status(Phase.READY, Operation.PROVISION, run_id, outcome.summary, spec_hash)
+        configured = configure(cluster, Operation.PROVISION, spec.customer)
+        cluster.write_status(
+            Phase.READY, Operation.PROVISION, run_id, f"{outcome.summary}; {configured}", spec_hash
+        )
         update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
         emit_cluster_event(
             cluster,

@@ -1,4 +1,4 @@
-"""Flow teardown-cluster: rke remove --force, then archive the cluster's state."""
+"""Flow teardown-cluster: rke remove --force, delete the customer kubeconfig, archive the state."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from flows.operation import (
     report_failure,
     verify_host_keys,
 )
+from tasks.kube import delete_customer_kubeconfig
 from tasks.locks import remove_cluster_lock
 from tasks.preflight import check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
@@ -53,7 +54,8 @@ def teardown_cluster(
     rke_settings: str = "default",
     policy: str = "default",
 ) -> State:
-    """Remove a cluster from its nodes with `rke remove --force` and archive its state.
+    """Remove a cluster from its nodes with `rke remove --force`, delete the customer
+    kubeconfig (Secret block `kubeconfig-<env>-<name>` and file) and archive its state.
 
     Unreachable nodes do not stop the teardown (RKE skips them); a node whose host key
     changed or that refuses the key does.
@@ -125,6 +127,7 @@ def _remove(
         raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
     verify_host_keys(settings, cluster, targets, "rke remove")
 
+    delete_customer_kubeconfig(cluster)  # its Secret block and file: the token is dead
     cluster.write_status(Phase.DELETED, Operation.TEARDOWN, run_id, outcome.summary)
     update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
     status = cluster.read_status()

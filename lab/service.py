@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lab import rke_binary
 from lab.embedded import EmbeddedServer, EmbeddedWorker, private_dir, secret_file
+from lab.kube.supervisor import ENV, LabSupervisor
 from lab.nodes import LabNodes
 from lab.reaper import Reaper
 
@@ -37,12 +38,16 @@ def embedded_service(
         "PREFECT_HOME": str(workdir / "client"),
         "DO_NOT_TRACK": "1",
     }
+    supervisor = LabSupervisor(workdir / "supervisor", export=False)  # the clusters' APIs
     worker = EmbeddedWorker(
-        home=workdir / "worker", api_url=server.api_url, auth_string=auth_string
+        home=workdir / "worker",
+        api_url=server.api_url,
+        auth_string=auth_string,
+        extra_env={ENV: supervisor.socket_path},
     )
     lab = LabNodes(workdir / "nodes", nodes, first_address=2)
     echo(f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})")
-    with Reaper() as reaper, server, worker, lab:
+    with Reaper() as reaper, supervisor, server, worker, lab:
         # By process group too: sshd rewrites its environment (and with it the marker).
         for process in (server.process, worker.process, *(n.process for n in lab.nodes)):
             reaper.track(process.pid)

@@ -98,10 +98,14 @@ def update_cluster_artifact(
         parts += _nodes_section(nodes)
     if detail:
         parts += ["", detail]
+    resources = cluster.resource_names()
+    if resources:
+        parts += ["", "## Managed resources", *(f"- `{r}`" for r in resources)]
     task_run_id, flow_run_id = get_task_and_flow_run_ids()
     metadata = {
         "phase": str(status.phase) if status else "",
         "rke_state_written": str(bool(status and status.rke_state_written)).lower(),
+        "resources": ",".join(resources),
     }
     with get_client(sync_client=True) as client:
         client.create_artifact(

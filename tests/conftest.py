@@ -85,8 +85,9 @@ def lab_nodes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture
-def env(tmp_path, lab_nodes, lab_rke, monkeypatch):
-    """Blocks, a state volume and a fresh cluster identity for one test's flow runs."""
+def env(tmp_path, lab_nodes, lab_rke, lab_supervisor, monkeypatch):
+    """Blocks, a state volume and a fresh cluster identity for one test's flow runs, with the
+    lab supervisor exported (so clusters get their Kubernetes API)."""
     from tests.flowenv import Env
 
-    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch)
+    return Env(tmp_path, lab_nodes, lab_rke, monkeypatch, lab_supervisor)

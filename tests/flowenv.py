@@ -10,18 +10,31 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
-from cluster_mgmt.spec import ClusterSpec, NodeSpec
+from cluster_mgmt.spec import ClusterSpec, CustomerAccess, NodeSpec
 from cluster_mgmt.state import StateVolume
+from flows.configure import configure_cluster
+from flows.credentials import rotate_customer_credentials
 from flows.provision import provision_cluster
+from flows.resources import apply_managed_resource, delete_managed_resource
 from flows.teardown import teardown_cluster
+from lab.kube import supervisor as lab_supervisor
 
 
 class Env:
-    """Blocks, state volume and a fresh cluster identity for one test."""
+    """Blocks, state volume and a fresh cluster identity for one test.
 
-    def __init__(self, tmp_path: Path, lab, rke: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    The lab supervisor's socket is exported, so `rke up` starts the cluster's Kubernetes API
+    on its first control plane (and provision can configure the cluster).
+    """
+
+    def __init__(
+        self, tmp_path: Path, lab, rke: str, monkeypatch: pytest.MonkeyPatch, supervisor=None
+    ) -> None:
         self.lab = lab
         self.rke = rke
+        self.supervisor = supervisor
+        if supervisor is not None:
+            monkeypatch.setenv(lab_supervisor.ENV, supervisor.socket_path)
         self.tag = uuid.uuid4().hex[:8]
         self.root = tmp_path / "state"
         StateVolume(self.root).initialise()
@@ -46,7 +59,7 @@ class Env:
     def fault(self, **faults) -> None:
         self.faults.write_text(json.dumps(faults))
 
-    def spec(self, count: int = 3) -> ClusterSpec:
+    def spec(self, count: int = 3, customer: CustomerAccess | None = None) -> ClusterSpec:
         roles = (
             [["controlplane", "etcd", "worker"]]
             if count == 1
@@ -56,7 +69,8 @@ class Env:
             NodeSpec(address=n.address, port=n.port, roles=r)
             for n, r in zip(self.lab.nodes, roles, strict=False)
         ]
-        return ClusterSpec(environment="test", name=self.name, nodes=nodes)
+        extra = {"customer": customer} if customer else {}
+        return ClusterSpec(environment="test", name=self.name, nodes=nodes, **extra)
 
     @property
     def cluster(self):
@@ -69,6 +83,45 @@ class Env:
         return teardown_cluster(
             environment="test", name=self.name, **self.blocks, return_state=True
         )
+
+    def configure(self):
+        return configure_cluster(
+            environment="test",
+            name=self.name,
+            state_volume=self.blocks["state_volume"],
+            return_state=True,
+        )
+
+    def apply(self, resource_name: str, manifest: str):
+        return apply_managed_resource(
+            environment="test",
+            name=self.name,
+            resource_name=resource_name,
+            manifest=manifest,
+            state_volume=self.blocks["state_volume"],
+            return_state=True,
+        )
+
+    def delete_resource(self, resource_name: str):
+        return delete_managed_resource(
+            environment="test",
+            name=self.name,
+            resource_name=resource_name,
+            state_volume=self.blocks["state_volume"],
+            return_state=True,
+        )
+
+    def rotate(self):
+        return rotate_customer_credentials(
+            environment="test",
+            name=self.name,
+            state_volume=self.blocks["state_volume"],
+            return_state=True,
+        )
+
+    def api(self, mode: str) -> None:
+        """Put the cluster's lab API up, down or hanging (the lab's control channel)."""
+        self.supervisor.call("api", address=self.lab.nodes[0].address, mode=mode)
 
     def logins(self) -> list[int]:
         return [n.accepted_logins() for n in self.lab.nodes]

@@ -26,6 +26,7 @@ import websockets
 import yaml
 from cryptography.fernet import Fernet
 
+from lab.kube.supervisor import ENV
 from tests.conftest import AUTH_STRING
 
 LAB_FIRST_ADDRESS = 30
@@ -145,7 +146,7 @@ def test_cli_reports_api_trouble_in_one_line_with_exit_code_3(status, says):
 
 
 @pytest.fixture(scope="module")
-def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
+def service(prefect_server, lab_nodes, lab_rke, lab_supervisor, tmp_path_factory):
     """Bootstrap into a fresh pool and run a real process worker on it."""
     from lab.embedded import EmbeddedWorker
 
@@ -179,7 +180,7 @@ def service(prefect_server, lab_nodes, lab_rke, tmp_path_factory):
         api_url=prefect_server.api_url,
         auth_string=AUTH_STRING,
         pool=pool,
-        extra_env={"LAB_RKE_FAULTS": str(faults)},
+        extra_env={"LAB_RKE_FAULTS": str(faults), ENV: lab_supervisor.socket_path},
     )
     with worker:
         yield {"home": home, "args": args, "first": first, "worker": worker, "faults": faults}
