@@ -54,11 +54,13 @@ def main() -> None:
     from cluster_mgmt.spec import ClusterSpec, NodeSpec
     from cluster_mgmt.state import StateVolume
     from lab import rke_binary
+    from lab.kube.supervisor import LabSupervisor
     from lab.nodes import LabNodes
     from lab.reliability import Lab, Tally, r1_trial, r2_race, timed_rke
 
     rng = random.Random(args.seed)
-    with server, LabNodes(work / "nodes", 3, first_address=args.first_address) as nodes:
+    supervisor = LabSupervisor(work / "supervisor")  # the clusters' Kubernetes APIs (exported)
+    with server, supervisor, LabNodes(work / "nodes", 3, first_address=args.first_address) as nodes:
         binary, log = timed_rke(work, rke_binary())
         blocks = {"ssh_access": "bench", "state_volume": "bench", "rke_settings": "bench"}
         NodeSshAccess(
