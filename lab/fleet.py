@@ -1,7 +1,7 @@
 """A lab fleet: N READY clusters on a state volume, their API servers served by one process.
 
 `python -m lab.fleet --clusters N --faults 0.1 DIR` creates (or reuses) the state volume
-`DIR/volume` with N clusters in environment `fleet` (status READY, cluster.yml, an rkestate with
+`DIR/volume` with N clusters in environment `fleet` (or another; status READY, cluster.yml, an rkestate with
 the cluster's own CA and certificates, the admin kubeconfig), serves their lab Kubernetes API
 servers (lab.kube's `ApiServer`) on 127.1.x.y:6443 under one `LabSupervisor` (its socket
 controls faults, as for clusters `rke up` brought up), prints `ready` and runs until killed.
@@ -231,6 +231,7 @@ class Fleet:
         faults: float = 0.1,
         base_address: str = "127.1.0.1",
         supervisor: LabSupervisor | None = None,
+        environment: str = ENVIRONMENT,
     ) -> None:
         if not 0 <= faults <= 1:
             raise ValueError(f"--faults is a share between 0 and 1, got {faults}")
@@ -239,6 +240,7 @@ class Fleet:
         self.share = faults
         self.base = base_address
         self.volume = StateVolume(self.workdir / "volume")
+        self.environment = environment
         self.supervisor = supervisor
         self._own_supervisor = supervisor is None
         self.expected: dict[str, dict] = {}
@@ -260,7 +262,7 @@ class Fleet:
             self.pkis[name] = cluster_pki
             self._write_cluster(name, host, cluster_pki, fault)
             self.expected[name] = {
-                "environment": ENVIRONMENT,
+                "environment": self.environment,
                 "name": name,
                 "address": host,
                 "fault": fault,
@@ -269,9 +271,9 @@ class Fleet:
         (self.workdir / "expected.json").write_text(json.dumps(self.expected, indent=1))
 
     def _write_cluster(self, name: str, host: str, own: Pki, fault: str | None) -> None:
-        cluster = self.volume.cluster(ENVIRONMENT, name)
+        cluster = self.volume.cluster(self.environment, name)
         cluster.create()
-        cluster_name = f"{ENVIRONMENT}-{name}"
+        cluster_name = f"{self.environment}-{name}"
         nodes = [{"address": host, "user": "rke", "role": ["controlplane", "etcd", "worker"]}]
         cluster.write_text(
             "cluster.yml",
@@ -299,7 +301,7 @@ class Fleet:
         self.expected = json.loads((self.workdir / "expected.json").read_text())
         for name in self.expected:
             state = json.loads(
-                self.volume.cluster(ENVIRONMENT, name).read_text("cluster.rkestate") or "{}"
+                self.volume.cluster(self.environment, name).read_text("cluster.rkestate") or "{}"
             )
             bundle = state["currentState"]["certificatesBundle"]
             self.pkis[name] = Pki(
