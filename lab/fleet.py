@@ -21,10 +21,12 @@ its own CA certificate, and the credential faults use keys of their own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import ipaddress
 import json
+import selectors
 import signal
 import sys
 import threading
@@ -39,7 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from cluster_mgmt.state import StateVolume
-from lab.kube.apiserver import ApiServer, _pod_status, _ready_condition
+from lab.kube.apiserver import ApiServer, Handler, _pod_status, _ready_condition, _Server
 from lab.kube.store import Store
 from lab.kube.supervisor import LabSupervisor
 from lab.rke import pki
@@ -79,12 +81,61 @@ def plan(count: int, share: float) -> list[str | None]:
     return faults
 
 
+class Dispatcher:
+    """One thread accepting connections for every fleet server (a thousand `serve_forever`
+    threads polling twice a second would starve the handlers of the GIL); each accepted
+    connection is handled in its own thread, as `ThreadingHTTPServer` does."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def add(self, httpd: _Server) -> None:
+        self.selector.register(httpd.socket, selectors.EVENT_READ, httpd)
+
+    def remove(self, httpd: _Server) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(httpd.socket)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready = self.selector.select(timeout=0.2)
+            except (OSError, ValueError):
+                continue
+            for key, _ in ready:
+                with contextlib.suppress(OSError, ValueError):
+                    key.data._handle_request_noblock()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.selector.close()
+
+
 class FleetServer(ApiServer):
-    """A lab API server without controllers: its objects are written once, at creation."""
+    """A lab API server without controllers (its objects are written once, at creation) whose
+    connections are accepted by the fleet's `Dispatcher`."""
+
+    dispatcher: Dispatcher
 
     def start(self) -> None:
         self._bootstrap()
         self._listen()
+
+    def _listen(self) -> None:
+        handler = type("Handler", (Handler,), {"api": self})
+        self._httpd = _Server((self.address, self.port), handler, self._ctx, self)
+        self._httpd.socket.setblocking(False)
+        self.dispatcher.add(self._httpd)
+
+    def _close(self) -> None:
+        if self._httpd is not None:
+            self.dispatcher.remove(self._httpd)
+            self._httpd.server_close()
+            self._httpd = None
 
 
 @dataclass
@@ -245,6 +296,7 @@ class Fleet:
         self._own_supervisor = supervisor is None
         self.expected: dict[str, dict] = {}
         self.pkis: dict[str, Pki] = {}
+        self.dispatcher: Dispatcher | None = None
 
     def name(self, index: int) -> str:
         return f"c{index:05d}"
@@ -318,6 +370,7 @@ class Fleet:
         """Start every cluster's API server under the supervisor and apply the faults."""
         if self.supervisor is None:
             self.supervisor = LabSupervisor(self.workdir / "supervisor", export=False).start()
+        self.dispatcher = Dispatcher()
         first = self.pkis[next(iter(self.expected))]
         template = _template(self.workdir, first)
         for name, entry in self.expected.items():
@@ -338,6 +391,7 @@ class Fleet:
                     "store_paths": [str(store)],
                 }
             )
+            server.dispatcher = self.dispatcher
             server.start()
             with self.supervisor.lock:
                 self.supervisor.servers[f"{host}:6443"] = server
@@ -377,6 +431,8 @@ class Fleet:
         elif self.supervisor is not None:
             for entry in self.expected.values():
                 self.supervisor.handle({"op": "stop", "address": entry["address"]})
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -8,7 +8,10 @@ sweep would be a thousand API writes every five minutes) and writes the `fleet-h
 
 from __future__ import annotations
 
+import contextvars
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -24,18 +27,36 @@ from tasks.reporting import emit_event_for, update_cluster_artifact
 
 FLEET_ARTIFACT = "fleet-health"
 PROGRESS_ARTIFACT = "fleet-health-progress"
+ANNOUNCERS = 8  # transitions signalled at once
 
 
-def _progress(artifact_id: UUID | None):
-    if artifact_id is None:
-        return None
+class _Progress:
+    """Advances a progress artifact at most once a second (and at the end), from its own
+    thread: the sweep never waits for the API."""
 
-    def report(done: int, total: int) -> None:
-        update_progress_artifact(
-            artifact_id, 100.0 * done / max(total, 1), description=f"{done}/{total} clusters"
-        )
+    def __init__(self, artifact_id: UUID) -> None:
+        self.artifact_id = artifact_id
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.last = 0.0
 
-    return report
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 1.0:
+            return
+        self.last = now
+        context = contextvars.copy_context()
+        self.pool.submit(context.run, self._update, done, total)
+
+    def _update(self, done: int, total: int) -> None:
+        try:
+            update_progress_artifact(
+                self.artifact_id, 100.0 * done / max(total, 1), description=f"{done}/{total}"
+            )
+        except Exception as exc:  # noqa: BLE001 - progress is a courtesy, never a failure
+            get_run_logger().warning("progress artifact not updated: %s", exc)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 @task(name="sweep-cluster-health", cache_policy=NO_CACHE)
@@ -58,7 +79,12 @@ def sweep_cluster_health(
     """
     clusters = volume.clusters(environment)
     get_run_logger().info("Probing %d clusters (%d at once)", len(clusters), settings.concurrency)
-    return run_sweep(clusters, settings, _progress(progress_artifact_id))
+    progress = _Progress(progress_artifact_id) if progress_artifact_id else None
+    try:
+        return run_sweep(clusters, settings, progress)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _health_detail(transition: Transition) -> str:
@@ -118,8 +144,12 @@ def publish_cluster_health(volume: StateVolume, outcomes: list[Outcome]) -> dict
     """
     now = datetime.now(UTC)
     transitions = [o.transition for o in outcomes if o.transition is not None]
-    for transition in transitions:
-        announce(volume, transition)
+    with ThreadPoolExecutor(max_workers=ANNOUNCERS) as pool:  # many at once on a first sweep
+        calls = [
+            pool.submit(contextvars.copy_context().run, announce, volume, t) for t in transitions
+        ]
+        for call in calls:
+            call.result()
     counts = summary(outcomes)
     rows = [{k: redact(str(v)) for k, v in o.row(now).items()} for o in outcomes]
     text = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())) or "no clusters"
