@@ -185,7 +185,7 @@ def automation_specs(notification_block: str) -> list[AutomationCore]:
 def apply_automations(notification_block: str | None, report: BootstrapReport) -> None:
     """Create or update (by name) the automations that alert through `notification_block`."""
     if not notification_block:
-        report.kept.append("automations (not created: no notification block given)")
+        report.kept.append("automations skipped (no notification block given)")
         return
     with get_client(sync_client=True) as client:
         for automation in automation_specs(notification_block):
