@@ -120,6 +120,7 @@ def one(design: str, fleet_dir: Path, block: str, timeout: float, concurrency: i
                 "task_runs": count,
                 "misclassified": len(wrong),
                 "examples": wrong[:3],
+                "load_average_1m": round(os.getloadavg()[0], 1),  # other work on the machine
             }
         )
     return figures
@@ -223,12 +224,13 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     fleet.kill()
     print()
-    print("| design | clusters | wall s | CPU s | peak RSS MB | task runs | misclassified |")
-    print("|---|---|---|---|---|---|---|")
+    print("| design | clusters | wall s | CPU s | peak RSS MB | task runs | misclassified | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['design']} | {r['clusters']} | {r['wall_s']} | {r['cpu_s']} | "
-            f"{r['peak_rss_mb']} | {r['task_runs']} | {r['misclassified']} |"
+            f"{r['peak_rss_mb']} | {r['task_runs']} | {r['misclassified']} | "
+            f"{r['load_average_1m']} |"
         )
     design = {r["clusters"]: r for r in results if r["design"] == "design (steady sweep)"}
     naive = {r["clusters"]: r for r in results if r["design"] == "naive"}

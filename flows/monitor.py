@@ -19,7 +19,7 @@ from flows.operation import install_redaction
 from tasks.health import PROGRESS_ARTIFACT, publish_cluster_health, sweep_cluster_health
 
 
-@flow(name="monitor-clusters", log_prints=False)
+@flow(name="monitor-clusters")
 def monitor_clusters(
     environment: str | None = None,
     state_volume: str = "default",
