@@ -57,7 +57,7 @@ def sweep(fleet, **options):
     state = monitor_clusters(
         environment=fleet.environment,
         state_volume=fleet.block,
-        probe_timeout_seconds=1.0,
+        probe_timeout_seconds=2.5,
         return_state=True,
         **options,
     )
