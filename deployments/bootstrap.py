@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import EntrypointType
+from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectNotFound
+from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import SecretStr
 
 from blocks import ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
@@ -21,6 +24,7 @@ from cluster_mgmt.volume_marker import read_marker
 
 HERE = Path(__file__).resolve().parent
 PREFECT_YAML = HERE / "prefect.yaml"
+AUTOMATIONS_YAML = HERE / "automations.yaml"
 BLOCK_TYPES = (ClusterStateVolume, NodeSshAccess, RkeSettings, PolicyService)
 
 
@@ -140,6 +144,30 @@ def deployment_specs() -> list[dict]:
     return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
 
 
+def schedules(spec: dict) -> list[Schedule] | None:
+    """A prefect.yaml deployment's `schedules` (cron, interval or rrule entries) as Prefect
+    schedules: `flow.to_deployment` does not take prefect.yaml's dictionaries."""
+    entries = spec.get("schedules")
+    if not entries:
+        return None
+    made = []
+    for entry in entries:
+        options = {k: entry[k] for k in ("timezone", "active", "parameters", "slug") if k in entry}
+        if "cron" in entry:
+            made.append(Cron(entry["cron"], day_or=entry.get("day_or", True), **options))
+        elif "interval" in entry:
+            made.append(
+                Interval(entry["interval"], anchor_date=entry.get("anchor_date"), **options)
+            )
+        elif "rrule" in entry:
+            made.append(RRule(entry["rrule"], **options))
+        else:
+            raise ValueError(
+                f"schedule {entry} of {spec['entrypoint']}: use cron, interval or rrule"
+            )
+    return made
+
+
 def _apply_deployments(pool_name: str, report: BootstrapReport) -> None:
     for spec in deployment_specs():
         flow = load_flow(spec["entrypoint"])
@@ -149,7 +177,7 @@ def _apply_deployments(pool_name: str, report: BootstrapReport) -> None:
             description=spec.get("description"),
             tags=spec.get("tags"),
             parameters=spec.get("parameters") or {},
-            schedules=spec.get("schedules"),
+            schedules=schedules(spec),
             work_pool_name=pool_name,
             work_queue_name=pool.get("work_queue_name"),
             job_variables=pool.get("job_variables") or {},
@@ -160,14 +188,52 @@ def _apply_deployments(pool_name: str, report: BootstrapReport) -> None:
         report.kept.append(f"deployment {flow.name}/{spec['name']} (applied)")
 
 
+def automation_specs(notification_block: str) -> list[AutomationCore]:
+    """The automations in automations.yaml, their notifications sent through the block
+    `notification_block` (`<block-type-slug>/<name>`, e.g. `custom-webhook/ops-alerts`)."""
+    try:
+        block_id = Block.load(notification_block)._block_document_id
+    except ValueError as exc:
+        raise ValueError(
+            f"notification block {notification_block!r} cannot be loaded ({exc}); create it "
+            "first and name it as <block-type-slug>/<name>"
+        ) from None
+    specs = yaml.safe_load(AUTOMATIONS_YAML.read_text())["automations"]
+    for spec in specs:
+        for action in spec["actions"]:
+            if action.get("type") == "send-notification":
+                action["block_document_id"] = str(block_id)
+    return [AutomationCore.model_validate(spec) for spec in specs]
+
+
+def apply_automations(notification_block: str | None, report: BootstrapReport) -> None:
+    """Create or update (by name) the automations that alert through `notification_block`."""
+    if not notification_block:
+        report.kept.append("automations skipped (no notification block given)")
+        return
+    with get_client(sync_client=True) as client:
+        for automation in automation_specs(notification_block):
+            existing = client.read_automations_by_name(automation.name)
+            if existing:
+                client.update_automation(existing[0].id, automation)
+                for duplicate in existing[1:]:
+                    client.delete_automation(duplicate.id)
+                report.kept.append(f"automation {automation.name} (updated)")
+            else:
+                client.create_automation(automation)
+                report.created.append(f"automation {automation.name}")
+
+
 def bootstrap(
     values: BlockValues,
     *,
     pool_name: str = "cluster-mgmt",
     pool_type: str = "process",
     overwrite_blocks: bool = False,
+    notification_block: str | None = None,
 ) -> BootstrapReport:
-    """Register block types, create missing default blocks and the work pool, apply deployments.
+    """Register block types, create missing default blocks and the work pool, apply deployments
+    and, given a notification block, the alerting automations.
 
     Existing blocks are kept (operators may have changed them in the UI) unless
     `overwrite_blocks` is set.
@@ -178,4 +244,5 @@ def bootstrap(
     _ensure_blocks(values, report, overwrite_blocks)
     _ensure_work_pool(pool_name, pool_type, report)
     _apply_deployments(pool_name, report)
+    apply_automations(notification_block, report)
     return report
