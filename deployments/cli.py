@@ -255,6 +255,14 @@ def bootstrap(
             "on this host) and record its id in the cluster-state-volume block."
         ),
     ] = False,
+    notification_block: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_MGMT_NOTIFICATION_BLOCK",
+            help="Notification block (<type-slug>/<name>, e.g. custom-webhook/ops) that the "
+            "health alert automation sends through; without one no automation is applied.",
+        ),
+    ] = None,
 ) -> None:
     """Register block types, default blocks, the work pool and the deployments (idempotent).
 
@@ -278,7 +286,12 @@ def bootstrap(
     )
     with _errors(), api():
         try:
-            report = run_bootstrap(values, pool_name=pool, pool_type=pool_type)
+            report = run_bootstrap(
+                values,
+                pool_name=pool,
+                pool_type=pool_type,
+                notification_block=notification_block,
+            )
         except PreflightError as exc:
             raise _fail(f"--ssh-key-file: {exc}", USAGE) from None
         except ValidationError as exc:

@@ -23,6 +23,7 @@ from flows.operation import (
     report_failure,
     verify_host_keys,
 )
+from tasks.health import check_cluster_health
 from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import api_witness, emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
@@ -136,4 +137,9 @@ def provision_cluster(
             {"kubernetes_version": spec.kubernetes_version, "nodes": len(spec.nodes or [])},
         )
         logger.info("Cluster %s is READY", spec.cluster_name)
-        return finished(cluster)
+    first_check = check_cluster_health(volume, spec.environment, spec.name, return_state=True)
+    if first_check.is_completed():
+        logger.info("First health check: %s", first_check.result().get("verdict"))
+    else:  # the cluster is READY all the same; the monitor will judge it on its next sweep
+        logger.warning("First health check did not run: %s", first_check.message)
+    return finished(cluster)
