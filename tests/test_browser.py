@@ -21,12 +21,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import yaml
 
 from tests.conftest import REPO
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ConsoleMessage, Page, Route
 
 LAB_FIRST_ADDRESS = 110
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by .ci/setup; Playwright downloads nothing
@@ -180,6 +184,7 @@ def lab_service() -> Iterator[LabService]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        process.stdout.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -190,26 +195,26 @@ def lab_service() -> Iterator[LabService]:
 class Watch:
     """Everything the browser saw: pages (HTML and text), console errors, outside requests."""
 
-    secrets: list[str]
+    secrets: dict[str, str]  # what -> the secret text
+    shots: Path  # where snapshots keep their screenshots
     step: str = "login"
-    shots: Path = Path(tempfile.gettempdir())
     pages: list[tuple[str, str]] = field(default_factory=list)  # (what, HTML + text)
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     external: list[str] = field(default_factory=list)
 
-    def attach(self, page) -> None:
+    def attach(self, page: Page) -> None:
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.page_errors.append(f"{self.step}: {error}"))
 
-    def _console(self, message) -> None:
+    def _console(self, message: ConsoleMessage) -> None:
         if message.type != "error":
             return
         url = message.location.get("url", "")
         if not any(a.matches(message.text, url, self.step) for a in ALLOWED_CONSOLE_ERRORS):
             self.console_errors.append(f"{self.step}: {message.text} ({url})")
 
-    def route(self, route) -> None:
+    def route(self, route: Route) -> None:
         """Requests beyond 127.0.0.1 are recorded and never leave the machine."""
         if LOOPBACK.match(route.request.url):
             route.continue_()
@@ -217,7 +222,7 @@ class Watch:
             self.external.append(route.request.url)
             route.abort()
 
-    def snapshot(self, page, what: str) -> str:
+    def snapshot(self, page: Page, what: str) -> str:
         """Keep the page (screenshot, HTML and text) for the checks; its text."""
         page.screenshot(path=self.shots / f"{len(self.pages):02d}-{what}.png", full_page=True)
         text = page.inner_text("body")
@@ -226,7 +231,7 @@ class Watch:
 
     def leaks(self, text: str) -> list[str]:
         squeezed = re.sub(r"\s+", "", text)
-        return [s[:6] + "…" for s in self.secrets if s in text or s in squeezed]
+        return [what for what, s in self.secrets.items() if s in text or s in squeezed]
 
     def assert_clean(self) -> None:
         leaked = {what: found for what, body in self.pages if (found := self.leaks(body))}
@@ -237,15 +242,18 @@ class Watch:
         assert hosts <= ALLOWED_EXTERNAL, f"the UI reached out beyond 127.0.0.1: {self.external}"
 
 
-def key_chunks(private_key: str, size: int = 40) -> list[str]:
+def key_chunks(private_key: str, size: int = 40) -> dict[str, str]:
     """The private key's body in `size`-character pieces (any one of them is a leak)."""
     body = "".join(line for line in private_key.splitlines() if "PRIVATE KEY" not in line)
-    return [body[i : i + size] for i in range(0, len(body) - size + 1, size)]
+    starts = range(0, len(body) - size + 1, size)
+    return {f"private key characters {i}-{i + size}": body[i : i + size] for i in starts}
 
 
 @dataclass
 class Ui:
-    page: object
+    """The logged-in browser page, what it saw, and the service behind it."""
+
+    page: Page
     watch: Watch
     lab: LabService
 
@@ -257,8 +265,8 @@ def ui(lab_service, tmp_path_factory) -> Iterator[Ui]:
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run .ci/setup"
     token = lab_service.auth_string.split(":", 1)[1]
-    watch = Watch(secrets=[token, *key_chunks(lab_service.private_key)])
-    watch.shots = tmp_path_factory.mktemp("browser-login")
+    secrets = {"shared token": token, **key_chunks(lab_service.private_key)}
+    watch = Watch(secrets, tmp_path_factory.mktemp("login"))
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),
@@ -287,7 +295,7 @@ def ui(lab_service, tmp_path_factory) -> Iterator[Ui]:
             context.close()
 
 
-def ui_base(page) -> str:
+def ui_base(page: Page) -> str:
     """The UI's base URL (`http://127.0.0.1:<port>/v2`), from where the UI landed."""
     return re.match(r"^(http://[^/]+/[^/]+)/", page.url).group(1)
 
