@@ -203,6 +203,8 @@ class NodeSpec(_Strict):
 class EtcdSnapshots(_Strict):
     """Recurring etcd snapshots taken by RKE on every etcd node."""
 
+    model_config = ConfigDict(title="Etcd Snapshots")  # the UI form's label, not the class name
+
     enabled: bool = Field(default=True, description="Take recurring snapshots.")
     interval_hours: int = Field(default=6, ge=1, le=24, description="Hours between snapshots.")
     retention_hours: int = Field(default=24, ge=1, le=24 * 30, description="Hours kept.")
@@ -224,6 +226,8 @@ class EtcdSnapshots(_Strict):
 
 class CustomerAccess(_Strict):
     """What the customer receives once the cluster is up."""
+
+    model_config = ConfigDict(title="Customer Access")
 
     namespace: Namespace = Field(
         default="customer", description="Namespace the customer's service account works in."

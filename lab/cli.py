@@ -56,6 +56,9 @@ def _until_stopped() -> None:
 def server(
     workdir: WorkDir = Path(".lab/server"),
     nodes: Annotated[int, typer.Option(min=1, max=9, help="Lab nodes to start.")] = 3,
+    first_address: Annotated[
+        int, typer.Option(min=2, max=245, help="Lab nodes listen on 127.0.0.<n> from n on.")
+    ] = 2,
 ) -> None:
     """Run the embedded service until stopped: server, worker, lab nodes, bootstrap.
 
@@ -64,7 +67,7 @@ def server(
     from lab.service import embedded_service
 
     try:
-        with embedded_service(workdir, nodes, typer.echo) as (_, lab):
+        with embedded_service(workdir, nodes, typer.echo, first_address) as (_, lab):
             spec_file = workdir.resolve() / "lab-spec.yaml"
             spec_file.write_text(yaml.safe_dump(_lab_spec(lab, "lab", "web"), sort_keys=False))
             typer.echo(f"Lab nodes up; try: cluster-mgmt create --spec {spec_file} --wait")

@@ -17,10 +17,11 @@ from lab.reaper import Reaper
 
 @contextmanager
 def embedded_service(
-    workdir: Path, nodes: int, echo: Callable[[str], None] = print
+    workdir: Path, nodes: int, echo: Callable[[str], None] = print, first_address: int = 2
 ) -> Iterator[tuple[EmbeddedServer, LabNodes]]:
     """Server (shared token), worker, lab nodes and bootstrap; everything stopped on exit, and
-    by a reaper should this process be killed outright.
+    by a reaper should this process be killed outright. Lab nodes listen on 127.0.0.<n> from
+    `first_address` on.
 
     The shared token (`api-auth-string`) and the Secret-block key (`encryption-key`) are 0600
     files in `workdir` (0700), never printed.
@@ -45,7 +46,7 @@ def embedded_service(
         auth_string=auth_string,
         extra_env={ENV: supervisor.socket_path},
     )
-    lab = LabNodes(workdir / "nodes", nodes, first_address=2)
+    lab = LabNodes(workdir / "nodes", nodes, first_address=first_address)
     echo(f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})")
     with Reaper() as reaper, supervisor, server, worker, lab:
         # By process group too: sshd rewrites its environment (and with it the marker).
