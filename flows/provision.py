@@ -130,6 +130,11 @@ def provision_cluster(
         cluster.write_status(
             Phase.READY, Operation.PROVISION, run_id, f"{outcome.summary}; {configured}", spec_hash
         )
+        first_check = check_cluster_health(volume, spec.environment, spec.name, return_state=True)
+        if first_check.is_completed():
+            logger.info("First health check: %s", first_check.result().get("verdict"))
+        else:  # the cluster is READY all the same; the monitor judges it on its next sweep
+            logger.warning("First health check did not run: %s", first_check.message)
         update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
         emit_cluster_event(
             cluster,
@@ -137,9 +142,4 @@ def provision_cluster(
             {"kubernetes_version": spec.kubernetes_version, "nodes": len(spec.nodes or [])},
         )
         logger.info("Cluster %s is READY", spec.cluster_name)
-    first_check = check_cluster_health(volume, spec.environment, spec.name, return_state=True)
-    if first_check.is_completed():
-        logger.info("First health check: %s", first_check.result().get("verdict"))
-    else:  # the cluster is READY all the same; the monitor will judge it on its next sweep
-        logger.warning("First health check did not run: %s", first_check.message)
-    return finished(cluster)
+        return finished(cluster)
