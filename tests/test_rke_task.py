@@ -16,12 +16,11 @@ from prefect.logging.handlers import APILogWorker
 from cluster_mgmt.driver import RkeDriver
 from cluster_mgmt.state import StateError, StateVolume
 from tasks.rke import run_rke
-from tests.pki import cert_pem
+from tests.pki import cert_pem, key_pem
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 CONFIG = "nodes:\n- address: 127.0.0.1\n  user: rke\n  role: [controlplane, etcd, worker]\n"
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
 RKESTATE = json.dumps(
     {"desiredState": {"certificatesBundle": {"kube-ca": {"certificatePEM": cert_pem()}}}}
 )
@@ -63,7 +62,7 @@ def run_up(tmp_path: Path, binary: str):
     def up() -> object:
         with cluster.lock("provision", "test-run"):
             cluster.write_status("PROVISIONING", "provision", "test-run", "running rke up")
-            return run_rke(cluster, "up", CONFIG, KEY, driver)
+            return run_rke(cluster, "up", CONFIG, key_pem("node-ssh"), driver)
 
     return cluster, up
 
