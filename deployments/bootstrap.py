@@ -10,10 +10,10 @@ from pathlib import Path
 import yaml
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.deployments.runner import EntrypointType
 from prefect.events.schemas.automations import AutomationCore
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import SecretStr
 
@@ -121,16 +121,27 @@ def _ensure_blocks(values: BlockValues, report: BootstrapReport, overwrite: bool
 
 
 def _ensure_work_pool(name: str, pool_type: str, report: BootstrapReport) -> None:
+    """Create the pool with the project's job template, or keep an existing one.
+
+    A worker started with `--pool` creates a missing pool itself, with its type's default
+    template; a pool that appears between our read and our create is converged to ours.
+    """
     template = json.loads((HERE / "work-pools" / f"{pool_type}.json").read_text())
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
             report.kept.append(f"work pool {name}")
+            return
         except ObjectNotFound:
+            pass
+        try:
             client.create_work_pool(
                 WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
             )
             report.created.append(f"work pool {name} ({pool_type})")
+        except ObjectAlreadyExists:  # a worker created it meanwhile, with the default template
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+            report.kept.append(f"work pool {name} (job template set)")
 
 
 def load_flow(entrypoint: str):

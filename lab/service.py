@@ -48,9 +48,9 @@ def embedded_service(
     )
     lab = LabNodes(workdir / "nodes", nodes, first_address=first_address)
     echo(f"Starting Prefect server (log {server.log_path}) and worker (log {worker.log_path})")
-    with Reaper() as reaper, supervisor, server, worker, lab:
+    with Reaper() as reaper, supervisor, server, lab:
         # By process group too: sshd rewrites its environment (and with it the marker).
-        for process in (server.process, worker.process, *(n.process for n in lab.nodes)):
+        for process in (server.process, *(n.process for n in lab.nodes)):
             reaper.track(process.pid)
         from deployments.bootstrap import BlockValues, bootstrap  # imports prefect: after env
 
@@ -65,5 +65,8 @@ def embedded_service(
             ),
             overwrite_blocks=True,  # lab ports and host keys change at every start
         )
-        echo(f"Prefect UI: {server.ui_url}  (login token in {auth_file})")
-        yield server, lab
+        # After bootstrap: a worker creates a missing pool itself, with the default template.
+        with worker:
+            reaper.track(worker.process.pid)
+            echo(f"Prefect UI: {server.ui_url}  (login token in {auth_file})")
+            yield server, lab

@@ -338,3 +338,32 @@ def _without_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_nulls(item) for item in value]
     return value
+
+
+def test_bootstrap_converges_a_pool_a_worker_created_first(prefect_server, monkeypatch):
+    """A worker started before bootstrap creates the pool with its default template (a CI race)."""
+    import uuid
+
+    from prefect.client.orchestration import SyncPrefectClient, get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.bootstrap import BootstrapReport, _ensure_work_pool
+
+    pool = f"race-{uuid.uuid4().hex[:6]}"
+    original = SyncPrefectClient.read_work_pool
+
+    def worker_wins(self, name):  # the read misses; the worker's create lands before ours
+        try:
+            return original(self, name)
+        except ObjectNotFound:
+            self.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            raise
+
+    monkeypatch.setattr(SyncPrefectClient, "read_work_pool", worker_wins)
+    report = BootstrapReport()
+    _ensure_work_pool(pool, "process", report)
+    monkeypatch.undo()
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool(pool).base_job_template == load_template("process")
+    assert report.kept == [f"work pool {pool} (job template set)"]
