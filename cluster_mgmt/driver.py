@@ -54,6 +54,16 @@ class RunResult:
         return self.exit_code == 0 and not self.timed_out and self.output_error is None
 
     @property
+    def name(self) -> str:
+        """`rke up`, `rke etcd snapshot-save`, ...: the command without its flags."""
+        words = ["rke"]
+        for arg in self.command[1:]:
+            if arg.startswith("-"):
+                break
+            words.append(arg)
+        return " ".join(words)
+
+    @property
     def last_message(self) -> str | None:
         return self.last_lines[-1] if self.last_lines else None
 

@@ -23,3 +23,10 @@ class Operation(StrEnum):
 
     PROVISION = "provision"
     TEARDOWN = "teardown"
+    CONFIGURE = "configure"
+    ROTATE_CREDENTIALS = "rotate-credentials"
+    UPDATE = "update"
+    ROTATE_CERTIFICATES = "rotate-certificates"
+    SNAPSHOT_ETCD = "snapshot-etcd"
+    RESTORE_ETCD = "restore-etcd"
+    RECOVER_STATE = "recover-state"

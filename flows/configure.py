@@ -11,7 +11,7 @@ from prefect.states import State
 from blocks import ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt import customer as access
-from cluster_mgmt.phases import Phase
+from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.spec import ClusterName, CustomerAccess, Environment
 from cluster_mgmt.state import ClusterState
 from flows.operation import (
@@ -24,8 +24,6 @@ from flows.operation import (
 )
 from tasks.kube import configure_customer_access, reapply_managed_resources
 from tasks.reporting import update_cluster_artifact
-
-CONFIGURE = "configure"
 
 
 def configure(cluster: ClusterState, operation: str, customer: CustomerAccess | None = None) -> str:
@@ -62,10 +60,10 @@ def configure_cluster(
     install_redaction()
     volume = load_block(ClusterStateVolume, state_volume).volume()
     volume.check_usable()
-    with cluster_operation(volume, environment, name, CONFIGURE) as cluster:
+    with cluster_operation(volume, environment, name, Operation.CONFIGURE) as cluster:
         access.configurable(cluster, cluster.read_status())
-        summary = configure(cluster, CONFIGURE)
-        cluster.write_status(Phase.READY, CONFIGURE, current_run_id(), summary)
+        summary = configure(cluster, Operation.CONFIGURE)
+        cluster.write_status(Phase.READY, Operation.CONFIGURE, current_run_id(), summary)
         update_cluster_artifact(cluster)
         get_run_logger().info("Cluster %s/%s configured: %s", environment, name, summary)
         return finished(cluster)

@@ -9,7 +9,7 @@ from blocks import ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt import customer as access
 from cluster_mgmt.errors import RefusedError
-from cluster_mgmt.phases import Phase
+from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.spec import ClusterName, Environment
 from flows.operation import (
     cluster_operation,
@@ -21,8 +21,6 @@ from flows.operation import (
 )
 from tasks.kube import configure_customer_access
 from tasks.reporting import update_cluster_artifact
-
-ROTATE = "rotate-credentials"
 
 
 @flow(name="rotate-customer-credentials", on_failure=[report_failure])
@@ -42,7 +40,7 @@ def rotate_customer_credentials(
     install_redaction()
     volume = load_block(ClusterStateVolume, state_volume).volume()
     volume.check_usable()
-    with cluster_operation(volume, environment, name, ROTATE) as cluster:
+    with cluster_operation(volume, environment, name, Operation.ROTATE_CREDENTIALS) as cluster:
         status = cluster.read_status()
         if status is None or status.phase != Phase.READY:
             raise RefusedError(
@@ -51,7 +49,10 @@ def rotate_customer_credentials(
             )
         summary = configure_customer_access(cluster, access.recorded_access(cluster), rotate=True)
         cluster.write_status(
-            Phase.READY, ROTATE, current_run_id(), f"credentials rotated: {summary}"
+            Phase.READY,
+            Operation.ROTATE_CREDENTIALS,
+            current_run_id(),
+            f"credentials rotated: {summary}",
         )
         update_cluster_artifact(cluster)
         get_run_logger().info("Customer credentials of %s/%s rotated", environment, name)

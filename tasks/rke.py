@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -38,9 +39,9 @@ class RkeOutcome:
     @property
     def summary(self) -> str:
         if self.result.ok:
-            text = f"rke {self.result.command[1]} succeeded in {self.result.duration_seconds:.1f} s"
+            text = f"{self.result.name} succeeded in {self.result.duration_seconds:.1f} s"
         else:
-            text = f"rke {self.result.command[1]} failed: {self.result.error}"
+            text = f"{self.result.name} failed: {self.result.error}"
         if self.result.warnings:
             text += "; warnings: " + "; ".join(self.result.warnings)
         if self.rejected:
@@ -55,18 +56,31 @@ class RkeOutcome:
         return text
 
 
+COMMANDS = ("up", "remove", "snapshot", "restore", "rotate_certificates", "get_state")
+"""The ClusterDriver methods run_rke runs."""
+
+
 @task(name="rke", cache_policy=NO_CACHE)
 def run_rke(
-    cluster: ClusterState, operation: str, config_text: str, private_key: str, driver: ClusterDriver
+    cluster: ClusterState,
+    command: str,
+    config_text: str,
+    private_key: str,
+    driver: ClusterDriver,
+    *,
+    label: str | None = None,
+    **arguments: Any,
 ) -> RkeOutcome:
     """Run one RKE command on the cluster, in a staging copy promoted atomically afterwards.
 
     Args:
         cluster: The cluster's state on the volume (its lock must be held).
-        operation: `up` or `remove`.
+        command: The ClusterDriver method: one of COMMANDS.
         config_text: cluster.yml to run (its key path is replaced by this run's key file).
         private_key: The nodes' SSH key, written to a 0600 file outside the volume meanwhile.
         driver: The cluster driver.
+        label: Names the history copy and staging directory (a DNS label); default `command`.
+        arguments: The method's own keyword arguments (`name`, `services`, `rotate_ca`).
 
     Returns:
         The command's result and which files were promoted or rejected.
@@ -88,11 +102,13 @@ def run_rke(
                 logger.error("rke: keeping what rke wrote failed (%s); retried when rke ends", exc)
 
     try:
-        with private_key_file(private_key) as key_path, cluster.staging(operation) as stage:
+        if command not in COMMANDS:
+            raise ValueError(f"unknown driver command {command!r}: use one of {COMMANDS}")
+        label = label or command.replace("_", "-")
+        with private_key_file(private_key) as key_path, cluster.staging(label) as stage:
             (stage / "cluster.yml").write_text(with_key_path(config_text, key_path))
             (stage / "cluster.yml").chmod(0o600)
-            run = {"up": driver.up, "remove": driver.remove}[operation]
-            result = run(stage, log_line)
+            result = getattr(driver, command)(stage, on_line=log_line, **arguments)
     except Exception as exc:
         if result is None:
             raise
@@ -111,9 +127,9 @@ def _not_kept(
 ) -> str:
     """One line: how rke ended, why its files are not on the volume, where they wait."""
     ended = (
-        f"rke {result.command[1]} succeeded (exit code 0)"
+        f"{result.name} succeeded (exit code 0)"
         if result.ok
-        else f"rke {result.command[1]} failed: {result.error}"
+        else f"{result.name} failed: {result.error}"
     )
     text = f"{ended}, but keeping what it wrote on the state volume failed: {error}"
     if checkpoint_errors:
