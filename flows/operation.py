@@ -86,14 +86,19 @@ def load_settings(ssh_access: str, state_volume: str, rke_settings: str) -> Sett
 
 
 def check_policy(
-    policy: str, kind: str, volume: StateVolume, environment: str, name: str, spec: dict
+    policy: str,
+    kind: str,
+    volume: StateVolume,
+    environment: str,
+    name: str,
+    spec: dict,
+    operation: Operation,
 ) -> Decision:
     """validate-policy; a denied operation on an existing cluster is kept in its history too.
 
     The denial is recorded without the cluster's lock, so it never makes a concurrent
     legitimate run fail as busy.
     """
-    operation = Operation.TEARDOWN if kind.endswith("teardown") else Operation.PROVISION
     decision = validate_policy(policy, kind, environment, name, spec)
     if decision.allowed:
         return decision

@@ -68,7 +68,13 @@ def provision_cluster(
     )
     volume = settings.volume
     decision = check_policy(
-        policy, "rke-cluster", volume, spec.environment, spec.name, spec.model_dump(mode="json")
+        policy,
+        "rke-cluster",
+        volume,
+        spec.environment,
+        spec.name,
+        spec.model_dump(mode="json"),
+        Operation.PROVISION,
     )
     volume.check_usable()
     config = render_cluster_config(spec, ssh_user=settings.access.user)

@@ -70,7 +70,9 @@ def teardown_cluster(
     """
     settings = load_settings(ssh_access, state_volume, rke_settings)
     volume = settings.volume
-    decision = check_policy(policy, "rke-cluster-teardown", volume, environment, name, {})
+    decision = check_policy(
+        policy, "rke-cluster-teardown", volume, environment, name, {}, Operation.TEARDOWN
+    )
     volume.check_usable()
     run_id = current_run_id()
 

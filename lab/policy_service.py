@@ -44,7 +44,7 @@ MODES = (
     "gzip-bomb",
     "echo-token",
 )
-KINDS = ("rke-cluster", "rke-cluster-teardown")
+KINDS = ("rke-cluster", "rke-cluster-teardown", "rke-cluster-maintenance")
 RULE_KINDS = {
     "kubernetes-versions": "rke-cluster",
     "network-plugins": "rke-cluster",

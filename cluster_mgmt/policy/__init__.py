@@ -20,6 +20,7 @@ from cluster_mgmt.policy.client import (
 from cluster_mgmt.policy.decision import (
     CLUSTER,
     KINDS,
+    MAINTENANCE,
     TEARDOWN,
     Decision,
     PolicyDeniedError,
@@ -33,6 +34,7 @@ __all__ = [
     "CLUSTER",
     "DEFAULT_POLICY_FILE",
     "KINDS",
+    "MAINTENANCE",
     "MAX_RESPONSE_BYTES",
     "RULE_TYPES",
     "TEARDOWN",

@@ -14,7 +14,10 @@ from cluster_mgmt.errors import ClusterMgmtError
 Severity = Literal["error", "warning"]
 CLUSTER = "rke-cluster"
 TEARDOWN = "rke-cluster-teardown"
-KINDS: tuple[str, ...] = (CLUSTER, TEARDOWN)
+MAINTENANCE = "rke-cluster-maintenance"
+"""Day-2 work that keeps the spec (certificates, etcd snapshots, state recovery); the request's
+`spec` is `{"operation": <Operation>, "parameters": {...}}`."""
+KINDS: tuple[str, ...] = (CLUSTER, TEARDOWN, MAINTENANCE)
 
 
 class PolicyError(ClusterMgmtError):
