@@ -1,7 +1,9 @@
 """The operator's path in a real browser (Debian's Chromium through Playwright) against the
 embedded default with the lab (`cluster-mgmt-lab server`): log in with the shared token, find
 the deployments, run provision-cluster/default from the UI's form, follow the run to Completed,
-read the cluster's artifact; a bad name is refused by the form.
+read the cluster's artifact; a bad name is refused by the form; the monitor's deployment shows
+its schedule, a sweep started from the UI completes, and its fleet table lists the clusters
+with the verdicts the monitor recorded.
 
 Every page visited is kept (screenshots in the test's tmp_path) and checked: no shared token,
 no piece of the lab's private key, no browser console error other than the known upstream ones
@@ -10,6 +12,7 @@ listed in ALLOWED_CONSOLE_ERRORS, and no network request beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -126,6 +129,7 @@ class LabService:
     auth_string: str
     spec: dict
     private_key: str
+    state_root: Path
 
     @property
     def api_url(self) -> str:
@@ -176,6 +180,7 @@ def lab_service() -> Iterator[LabService]:
             auth_string=(lab / "api-auth-string").read_text().strip(),
             spec=yaml.safe_load((lab / "lab-spec.yaml").read_text()),
             private_key=(lab / "nodes" / "client_ed25519").read_text(),
+            state_root=lab / "state",
         )
     finally:
         process.send_signal(signal.SIGTERM)
@@ -404,4 +409,45 @@ def test_the_form_refuses_a_bad_name_and_no_run_is_created(ui, tmp_path):
     watch.snapshot(page, "bad-name-refused")
     assert re.search(r"/deployments/deployment/[0-9a-f-]{36}/run", page.url), page.url
     assert lab.flow_run_count() == runs_before
+    watch.assert_clean()
+
+
+def test_operator_finds_the_monitor_schedule_and_the_fleet_table(ui, tmp_path):
+    page, watch, lab = ui.page, ui.watch, ui.lab
+    watch.shots, watch.step = tmp_path, "monitor"
+    clusters = sorted(
+        p.parent for p in lab.state_root.glob("environments/*/clusters/*/status.json")
+    )
+    assert clusters, "no cluster on the lab's volume: the provision test of this module makes one"
+
+    page.get_by_role("link", name="Deployments", exact=True).first.click()
+    row = page.get_by_role("row").filter(has_text="monitor-clusters")
+    row.get_by_role("link", name="default").click()
+    page.get_by_text(re.compile(r"^Every 5 minutes")).first.wait_for()
+    watch.snapshot(page, "monitor-deployment")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Quick run").click()
+    page.get_by_role("button", name="View run").click()
+    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+    run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+    final = page.get_by_text(re.compile(r"^(Completed|Failed|Crashed|Cancelled)$")).first
+    final.wait_for(timeout=RUN_WAIT_MS)
+    watch.snapshot(page, "monitor-run")
+    assert final.inner_text() == "Completed", lab.api("GET", f"/flow_runs/{run_id}").json()
+
+    page.goto(f"{ui_base(page)}/artifacts")
+    page.get_by_placeholder("Search artifacts").fill("fleet-health")
+    page.get_by_text("fleet-health", exact=True).click()
+    page.wait_for_url(re.compile(r"/artifacts/key/fleet-health$"))
+    page.get_by_role("link").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
+    page.get_by_role("table").wait_for()
+    watch.snapshot(page, "fleet-table")
+    header = [t.strip() for t in page.get_by_role("columnheader").all_inner_texts()]
+    cells = [r.get_by_role("cell").all_inner_texts() for r in page.get_by_role("row").all()]
+    shown = {(r[0], r[1]): dict(zip(header, r, strict=True)) for r in cells if r}
+    for directory in clusters:
+        environment, name = directory.parent.parent.name, directory.name
+        recorded = json.loads((directory / "health.json").read_text())
+        assert (environment, name) in shown, (header, cells)
+        assert shown[(environment, name)]["verdict"].startswith(recorded["verdict"]), shown
     watch.assert_clean()
