@@ -552,6 +552,8 @@ def test_kill_9_during_operations_never_loses_or_tears_state(
     (tmp_path / "a").write_text(a)
     (tmp_path / "b").write_text(b)
     cluster.write_text("cluster.rkestate", a)
+    cluster.mark_rke_state_written()  # as after a first `rke up`: a kill before the loop's first
+    # promotion (a loaded machine) must find it as well as one after
     root = str(cluster.dir.parents[3])
     volume = StateVolume(root, history_limit=4)
     cs = volume.cluster("prod", "eu-web")
