@@ -5,19 +5,26 @@ and emits cluster.backup.failed when a backup is bad."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.worker import EventsWorker
+from typer.testing import CliRunner
 
 from cluster_mgmt.atomic import write_dir
+from cluster_mgmt.backups import snapshot_problem
 from cluster_mgmt.driver import RkeDriver
 from cluster_mgmt.kube import connect
 from cluster_mgmt.state import utc_stamp
+from deployments.cli import app
 from flows.recover import recover_cluster_state
 from flows.verify_backups import verify_backups
 from tasks.rke import run_rke
@@ -36,16 +43,15 @@ def env(tmp_path_factory, lab_nodes, lab_rke, lab_supervisor):
         env = Env(tmp_path_factory.mktemp("recover"), lab_nodes, lab_rke, patch, lab_supervisor)
         state = env.provision()
         assert state.is_completed(), failure_message(state)
-        cluster = env.cluster
-        with cluster.lock("snapshot-etcd", "test"):
-            outcome = run_rke(
-                cluster,
-                "snapshot",
-                cluster.read_text("cluster.yml"),
-                lab_nodes.client_private_key,
-                RkeDriver(binary=lab_rke),
-                name="drill",
-            )
+        cluster, key = env.cluster, lab_nodes.client_private_key
+
+        @flow
+        def take_snapshot():  # `rke etcd snapshot-save --name drill`, as snapshot-etcd runs it
+            with cluster.lock("snapshot-etcd", "test"):
+                config = cluster.read_text("cluster.yml")
+                return run_rke(cluster, "snapshot", config, key, RkeDriver(lab_rke), name="drill")
+
+        outcome = take_snapshot()
         assert outcome.result.ok, outcome.summary
         yield env
 
@@ -173,7 +179,12 @@ def drill(env: Env):
 def test_verify_backups_passes_then_fails_on_bad_backups(env: Env, cluster):
     state = drill(env)
     assert state.is_completed(), state.message
-    assert state.result()["failed"] == []
+    assert state.result() == {"artifact": "backups-test", "clusters": 1, "failed": []}
+    with get_client(sync_client=True) as client:
+        table = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["backups-test"]))
+        )[-1]
+    assert "passed" in str(table.data) and "drill.zip" in str(table.data)
 
     corrupt = cluster.history_copies()[-1]  # the newest copy, cut short as a torn write would
     text = (corrupt / "cluster.rkestate").read_text()
@@ -206,3 +217,33 @@ def test_verify_backups_passes_then_fails_on_bad_backups(env: Env, cluster):
         found = {w for w in wanted for e in events if w in e["payload"]["reason"]}
         time.sleep(0.2)
     assert found == wanted
+
+
+def snapshot_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_snapshot_checks_read_the_zip_as_rke_writes_it():
+    state = json.dumps(
+        {"currentState": {"certificatesBundle": {"kube-ca": {"certificatePEM": pki.cert_pem()}}}}
+    )
+    good = snapshot_zip({"backup/s1/member/snap/db": b"etcd", "backup/s1.rkestate": state})
+    assert snapshot_problem(good, "s1.zip", pki.cert_pem()) is None
+    assert "another CA" in snapshot_problem(good, "s1.zip", pki.cert_pem("other-ca"))
+    torn = bytearray(good)
+    torn[good.index(b"etcd")] ^= 0xFF  # a flipped byte in the data
+    assert "CRC" in snapshot_problem(bytes(torn), "s1.zip")
+    assert "not a readable zip" in snapshot_problem(good[: len(good) // 2], "s1.zip")
+    empty = snapshot_zip({"backup/s1/member/snap/db": b""})
+    assert "no etcd data" in snapshot_problem(empty, "s1.zip")
+    broken_state = snapshot_zip({"backup/s1": b"etcd", "backup/s1.rkestate": b"{"})
+    assert "not complete RKE state" in snapshot_problem(broken_state, "s1.zip")
+
+
+def test_cli_recover_checks_the_source_before_starting_anything():
+    result = CliRunner().invoke(app, ["recover", "test", "web", "--source", "backup"])
+    assert result.exit_code == 2 and "history" in result.output
