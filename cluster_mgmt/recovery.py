@@ -17,12 +17,11 @@ import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from cluster_mgmt.errors import RefusedError
-from cluster_mgmt.kube import Kube, KubeError
 from cluster_mgmt.state import (
     CLUSTER_YML,
     CUSTOMER_KUBECONFIG,
@@ -35,6 +34,9 @@ from cluster_mgmt.state import (
     Status,
 )
 from cluster_mgmt.state_files import CA, is_kubeconfig, is_rkestate, is_yaml_mapping, load_yaml
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only where a cluster is called
+    from cluster_mgmt.kube import Kube
 
 API_PORT = 6443
 KUBE_ADMIN = "kube-admin"
@@ -249,10 +251,15 @@ def read_in_cluster_state(kube: Kube) -> bytes:
     else:
         configmap = kube.get(STATE_CONFIGMAP)
         if configmap is None or not (configmap.get("data") or {}).get(STATE_KEY):
-            raise KubeError("the cluster has no Secret or ConfigMap kube-system/full-cluster-state")
+            raise RefusedError(
+                "the cluster has no Secret or ConfigMap kube-system/full-cluster-state; try "
+                "source rke-util or history"
+            )
         data = configmap["data"][STATE_KEY].encode()
     if not is_rkestate(data):
-        raise KubeError("kube-system/full-cluster-state does not hold complete RKE state")
+        raise RefusedError(
+            "kube-system/full-cluster-state does not hold complete RKE state; try another source"
+        )
     return data
 
 

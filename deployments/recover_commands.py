@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
 
+from cluster_mgmt.recovery import RecoverySource
 from deployments.cluster_commands import Wait, _start
-
-
-class Source(StrEnum):  # the same values as cluster_mgmt.recovery.RecoverySource
-    HISTORY = "history"
-    ARCHIVE = "archive"
-    IN_CLUSTER = "in-cluster"
-    RKE_UTIL = "rke-util"
 
 
 def recover(
     environment: str,
     name: str,
-    source: Annotated[Source, typer.Option("--source", help="Where to take the state from.")],
+    source: Annotated[
+        RecoverySource, typer.Option("--source", help="Where to take the state from.")
+    ],
     entry: Annotated[
         str | None,
         typer.Option("--entry", help="History or archive entry (directory name); the newest."),
