@@ -331,6 +331,10 @@ def files_to_restore(cluster: ClusterState, recovered: Recovered) -> dict[str, b
     if kubeconfig and not (is_kubeconfig(present) and same_certificate(kubeconfig_ca(present), ca)):
         wanted[KUBECONFIG] = kubeconfig
     for name, data in recovered.donor.items():
-        if name != KUBECONFIG and not _VALID.get(name, bool)(_read(cluster.dir / name)):
+        try:
+            present = _read(cluster.path(name))
+        except ValueError:  # not a file name the volume's layout knows: left in the source
+            continue
+        if name != KUBECONFIG and not _VALID.get(name, bool)(present):
             wanted[name] = data
     return wanted
