@@ -85,7 +85,8 @@ STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 _STAGING = re.compile(rf"{re.escape(STAGING_PREFIX)}{_STAMP}-({_LABEL})")
 POLICY_SUFFIX = "-policy"
 POLICY_DECISION = "policy-decision.json"
-UNSNAPSHOTTED = (STATUS, HEALTH)  # what changes without the cluster's state changing
+UNSNAPSHOTTED = (STATUS, HEALTH)
+RECOVER_FLOW = "recover-cluster-state"  # what changes without the cluster's state changing
 
 
 class ClusterNotFoundError(StateError):
@@ -438,16 +439,18 @@ class ClusterState:
     def _missing_state_message(self, problem: str) -> str:
         copy = self._newest_history_state()
         from_history = (
-            f"copy the newest history copy {copy} to {self.dir / RKESTATE} (mode 0600)"
+            f"source history (newest copy {copy.parent.name})"
             if copy is not None
-            else "no history copy exists"
+            else "source history (no history copy exists)"
         )
         return (
             f"refusing to run rke for cluster {self.environment}/{self.name}: RKE already wrote "
             f"state for it but {self.dir / RKESTATE} {problem}, and rke would mint a new CA. "
-            f"Recover the state first: {from_history}; or read RKE's in-cluster copy, the Secret "
-            f"kube-system/full-cluster-state, with the admin kubeconfig {self.dir / KUBECONFIG} "
-            f"(`rke util get-state-file --config cluster.yml` in {self.dir}). Then retry."
+            f"Recover the state first with `cluster-mgmt recover {self.environment} {self.name} "
+            f"--source ...` (flow {RECOVER_FLOW}): {from_history}, archive, in-cluster (RKE's "
+            "copy, the Secret kube-system/full-cluster-state, read with the admin kubeconfig) "
+            "or rke-util (`rke util get-state-file`); it checks the CA against the live "
+            "cluster first. Then retry."
         )
 
     def known_elsewhere_message(self, witness: str) -> str:
@@ -455,16 +458,17 @@ class ClusterState:
         refused, with every way back to its state."""
         archived = self._volume.archived(self.environment, self.name)
         archive = (
-            f"the newest archive {archived[-1]}" if archived else "no archive exists on this volume"
+            f"archive (newest {archived[-1].name})" if archived else "archive (none on this volume)"
         )
         return (
             f"refusing to provision {self.environment}/{self.name}: {witness}, but the state "
             f"volume {self._volume.root} holds no state for it ({self.dir} is missing or empty). "
-            "Running rke now would mint a new CA for a live cluster. Recover its state first: "
-            f"from a history copy or a backup of the volume, from {archive}, or from RKE's "
-            "in-cluster copy, the Secret kube-system/full-cluster-state (read with the admin "
-            "kubeconfig, or `rke util get-state-file`). If the cluster is really gone, tear it "
-            "down or remove its artifact first"
+            "Running rke now would mint a new CA for a live cluster. Recover its state first "
+            f"with `cluster-mgmt recover {self.environment} {self.name} --source ...` (flow "
+            f"{RECOVER_FLOW}): {archive}, in-cluster (RKE's copy, the Secret "
+            "kube-system/full-cluster-state, read with an admin kubeconfig from history or the "
+            "archive) or rke-util (`rke util get-state-file`), or restore a backup of the "
+            "volume. If the cluster is really gone, tear it down or remove its artifact first"
         )
 
     # -- history -----------------------------------------------------------------------------
@@ -528,6 +532,10 @@ class ClusterState:
     def _snapshot_entries(self) -> list[Path]:
         """History entries that copy the cluster's state (not policy decisions), oldest first."""
         return [p for p in self._history_entries() if not p.name.endswith(POLICY_SUFFIX)]
+
+    def history_copies(self) -> list[Path]:
+        """History entries holding copies of the cluster's files (not decisions), oldest first."""
+        return self._snapshot_entries()
 
     def _decision_entries(self) -> list[Path]:
         return [p for p in self._history_entries() if p.name.endswith(POLICY_SUFFIX)]

@@ -118,7 +118,7 @@ class LabNode:
                     "AllowTcpForwarding yes",
                     "AllowStreamLocalForwarding yes",
                     "LogLevel VERBOSE",
-                    f"SetEnv PATH={path} LAB_NODE_ROOT={self.root}",
+                    f"SetEnv PATH={path} LAB_NODE_ROOT={self.root} CLUSTER_MGMT_NODE_ROOT={self.root}",
                     "",
                 ]
             )

@@ -69,6 +69,7 @@ def test_a_known_cluster_whose_directory_is_gone_is_refused(env: Env, tmp_path: 
     message = failure_message(state)
     assert "refusing to provision" in message and "would mint a new CA" in message
     assert "full-cluster-state" in message and "archive" in message
+    assert "recover-cluster-state" in message and "--source" in message and "rke-util" in message
     assert env.logins() == before
     assert env.cluster.read_text("cluster.rkestate") is None
     shutil.rmtree(env.cluster.dir)

@@ -611,8 +611,10 @@ def test_ensure_state_intact_after_rkestate_deleted(cluster: ClusterState) -> No
         cluster.ensure_state_intact()
     message = str(missing.value)
     assert f"{cluster.dir / 'cluster.rkestate'} is missing" in message
-    assert f"newest history copy {copy} " in message
+    assert f"source history (newest copy {copy.parent.name})" in message
     assert "kube-system/full-cluster-state" in message and "rke util get-state-file" in message
+    assert f"cluster-mgmt recover {cluster.environment} {cluster.name} --source" in message
+    assert "recover-cluster-state" in message and "in-cluster" in message and "rke-util" in message
     (cluster.dir / "kube_config_cluster.yml").unlink()
     for entry in cluster.history_dir.iterdir():
         (entry / "cluster.rkestate").unlink(missing_ok=True)
