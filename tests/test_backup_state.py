@@ -197,3 +197,38 @@ def test_cluster_tags_stay_within_aws_limits():
     assert listed.split() == ids[: len(listed.split())]
     busy = Contents(tuple(ids), tuple(f"{i}(update)" for i in ids))
     assert len(description("vol-0123456789abcdef0", busy, "2026-01-01T00:00:00Z")) <= 255
+
+
+def test_deployment_is_scheduled_daily_and_the_cli_starts_it():
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from typer.testing import CliRunner
+
+    from deployments.bootstrap import (
+        BootstrapReport,
+        _ensure_work_pool,
+        deployment_specs,
+        load_flow,
+        schedules,
+    )
+    from deployments.cli import app
+
+    spec = next(s for s in deployment_specs() if s["entrypoint"] == "flows.backup.backup_state")
+    pool = f"backup-{uuid.uuid4().hex[:6]}"
+    _ensure_work_pool(pool, "process", BootstrapReport())
+    deployment_id = (
+        load_flow(spec["entrypoint"])
+        .to_deployment(name=spec["name"], schedules=schedules(spec), work_pool_name=pool)
+        .apply()
+    )
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+        assert [s.schedule.cron for s in deployment.schedules] == ["30 2 * * *"]
+        started = CliRunner().invoke(app, ["backup-state", "--retain", "3"])
+        assert started.exit_code == 0, started.output
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+    manual = [r for r in runs if r.parameters]
+    assert manual and manual[-1].parameters["retain"] == 3
+    refused = CliRunner().invoke(app, ["backup-state", "--retain", "0"])
+    assert refused.exit_code == 2
