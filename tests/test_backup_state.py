@@ -157,6 +157,23 @@ def test_wrong_or_incomplete_credentials(backup: Backup):
     assert "does not exist" in failure_message(backup.run())
 
 
+def test_no_credentials_anywhere_is_refused_before_any_call(backup: Backup, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # an endpoint nobody listens on: a call would fail as unreachable, not as this refusal
+    backup.save_credentials(
+        aws_access_key_id=None,
+        aws_secret_access_key=None,
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+    )
+    state = backup.run()
+    assert state.is_failed()
+    assert "has no keys and the worker has no AWS credentials" in failure_message(state)
+
+
 def test_wrong_volume_mounted_is_refused(backup: Backup):
     backup.save_volume(ebs_volume_id="vol-0123456789abcdef0", aws_region=REGION)
     state = backup.run()
