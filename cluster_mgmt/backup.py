@@ -61,7 +61,12 @@ _CREDENTIALS = {
     "UnrecognizedClientException",
 }
 _THROTTLED = {"RequestLimitExceeded", "Throttling", "ThrottlingException"}
-_UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)
+_UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
 
 
 class BackupError(ClusterMgmtError):
@@ -201,7 +206,7 @@ def aws_errors(ec2: Any, doing: str, target: Target) -> Iterator[None]:
             f"no AWS credentials while {doing}: set the keys in the cluster-mgmt-aws-credentials "
             "block, or give the worker a role"
         ) from None
-    except _UNREACHABLE + (ConnectionClosedError,) as exc:
+    except _UNREACHABLE as exc:
         raise BackupError(
             f"cannot reach EC2 at {ec2.meta.endpoint_url} while {doing} ({exc}) after "
             f"{_attempts(ec2)} attempts; check aws_region, endpoint_url and the network"

@@ -11,6 +11,7 @@ from pydantic import Field
 from blocks import AwsCredentials, ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt.backup import prepare, snapshot_target
+from cluster_mgmt.redact import register_secret
 from flows.operation import expected_failures
 from tasks.ebs import publish_backup, take_snapshot
 
@@ -39,6 +40,9 @@ def backup_state(
     volume_block = load_block(ClusterStateVolume, state_volume)
     target = snapshot_target(volume_block.ebs_volume_id, volume_block.aws_region, state_volume)
     credentials = load_block(AwsCredentials, aws_credentials)
+    for secret in (credentials.aws_secret_access_key, credentials.aws_session_token):
+        if secret:
+            register_secret(secret.get_secret_value())
     credentials.check(aws_credentials)
     contents = prepare(volume_block.volume())
     ec2 = credentials.ec2_client(target.region, name=aws_credentials)
