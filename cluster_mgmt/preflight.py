@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from cluster_mgmt.hostkeys import (
 
 __all__ = [  # what flows, tasks, blocks and the CLI import from here
     "ACCEPTED_KEY_TYPES",
+    "CommandResult",
     "HostKeyPolicy",
     "NodeReport",
     "NodeTarget",
@@ -41,6 +43,7 @@ __all__ = [  # what flows, tasks, blocks and the CLI import from here
     "PreflightReport",
     "load_private_key",
     "preflight",
+    "run_command",
 ]
 
 DOCKER_VERSION_COMMAND = "docker version --format '{{.Server.Version}}'"
@@ -173,6 +176,17 @@ def _check_node(target: NodeTarget, settings: _Settings) -> tuple[NodeReport, st
 
 def _run_checks(target: NodeTarget, s: _Settings, state: dict[str, Any]) -> None:
     where = _endpoint(target.address, target.port)
+    with _session(target, s, state) as transport:
+        status, out, err = _exec(transport, where, s.command_timeout)
+        _check_docker(target, status, out, err, s, state)
+
+
+@contextmanager
+def _session(
+    target: NodeTarget, s: _Settings, state: dict[str, Any]
+) -> Iterator[paramiko.Transport]:
+    """An authenticated SSH transport to `target`, its host key verified; records progress
+    (`reachable`, `fingerprint`, `accepted`) in `state`."""
     sock = _connect(target, s.connect_timeout)
     state["reachable"] = True
     try:
@@ -187,7 +201,7 @@ def _run_checks(target: NodeTarget, s: _Settings, state: dict[str, Any]) -> None
         name = known_hosts_name(target.address, target.port)
         known = [k for k in s.trusted if host_matches(k.patterns, name)]
         prefer_known_key_types(transport, [k for k in known if not k.revoked])
-        _handshake(transport, where, s)
+        _handshake(transport, _endpoint(target.address, target.port), s)
         server_key = transport.get_remote_server_key()
         state["fingerprint"] = server_key.fingerprint
         try:
@@ -197,8 +211,7 @@ def _run_checks(target: NodeTarget, s: _Settings, state: dict[str, Any]) -> None
         except HostKeyError as exc:
             raise _NodeFailure(str(exc), reachable=True) from None
         _authenticate(transport, target, s.pkey)
-        status, out, err = _exec(transport, where, s.command_timeout)
-        _check_docker(target, status, out, err, s, state)
+        yield transport
     finally:
         transport.close()
         sock.close()
@@ -290,11 +303,17 @@ def _authenticate(transport: paramiko.Transport, target: NodeTarget, pkey: param
         )
 
 
-def _exec(transport: paramiko.Transport, where: str, timeout: float) -> tuple[int, str, str]:
-    """Run the docker version command; (exit status, stdout, stderr) within `timeout`."""
+def _exec(
+    transport: paramiko.Transport,
+    where: str,
+    timeout: float,
+    command: str = DOCKER_VERSION_COMMAND,
+    label: str = "docker version",
+) -> tuple[int, str, str]:
+    """Run `command` (named `label` in errors); (exit status, stdout, stderr) within `timeout`."""
     deadline = time.monotonic() + timeout
     too_slow = _NodeFailure(
-        f"`docker version` on {where} did not finish within {timeout:g}s (command timeout); "
+        f"`{label}` on {where} did not finish within {timeout:g}s (command timeout); "
         "check the Docker daemon on the node",
         reachable=True,
         authenticated=True,
@@ -312,7 +331,7 @@ def _exec(transport: paramiko.Transport, where: str, timeout: float) -> tuple[in
         ) from None
     try:
         channel.settimeout(max(deadline - time.monotonic(), 0.001))
-        channel.exec_command(DOCKER_VERSION_COMMAND)
+        channel.exec_command(command)
         channel.shutdown_write()
         out = _read_all(channel.recv)
         err = _read_all(channel.recv_stderr)
@@ -323,7 +342,7 @@ def _exec(transport: paramiko.Transport, where: str, timeout: float) -> tuple[in
         raise too_slow from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise _NodeFailure(
-            f"running `docker version` on {where} failed ({_trim(str(exc))}); check the node's sshd",
+            f"running `{label}` on {where} failed ({_trim(str(exc))}); check the node's sshd",
             reachable=True,
             authenticated=True,
         ) from None
@@ -430,3 +449,61 @@ def preflight(
         results = list(pool.map(lambda t: _check_node(t, settings), targets))
     accepted = tuple(dict.fromkeys(line for _, line in results if line))
     return PreflightReport(nodes=tuple(r for r, _ in results), accepted_host_keys=accepted)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """A command's outcome on one node; `error` set when it could not run there."""
+
+    address: str
+    port: int
+    reachable: bool
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    error: str | None
+
+
+def _run_command(
+    target: NodeTarget, command: str, label: str, settings: _Settings
+) -> CommandResult:
+    state: dict[str, Any] = {"reachable": False, "fingerprint": None, "accepted": None}
+    try:
+        with _session(target, settings, state) as transport:
+            where = _endpoint(target.address, target.port)
+            status, out, err = _exec(transport, where, settings.command_timeout, command, label)
+        return CommandResult(target.address, target.port, True, status, out, err, None)
+    except _NodeFailure as exc:
+        return CommandResult(target.address, target.port, exc.reachable, None, "", "", exc.message)
+    except Exception as exc:  # noqa: BLE001 - one odd node must not sink the others
+        message = f"unexpected {type(exc).__name__}: {_trim(str(exc))}; see the worker log"
+        return CommandResult(target.address, target.port, state["reachable"], None, "", "", message)
+
+
+def run_command(
+    targets: Sequence[NodeTarget],
+    command: str,
+    label: str,
+    *,
+    private_key: str,
+    known_hosts: str,
+    recorded_known_hosts: str,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
+) -> list[CommandResult]:
+    """Run a shell `command` on every node concurrently, with preflight's access and host-key
+    checks (policy `reject`: only keys already trusted); `label` names it in errors."""
+    settings = _Settings(
+        pkey=load_private_key(private_key),
+        trusted=parse_known_hosts(known_hosts, recorded_known_hosts),
+        policy=HostKeyPolicy.REJECT,
+        kubernetes_version="",
+        ignore_docker_version=True,
+        connect_timeout=connect_timeout,
+        banner_timeout=connect_timeout,
+        auth_timeout=connect_timeout,
+        command_timeout=command_timeout,
+    )
+    workers = max(1, min(len(targets), MAX_WORKERS))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ssh-command") as pool:
+        return list(pool.map(lambda t: _run_command(t, command, label, settings), targets))

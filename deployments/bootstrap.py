@@ -17,7 +17,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import SecretStr
 
-from blocks import ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
+from blocks import AwsCredentials, ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
 from cluster_mgmt.preflight import load_private_key
 from cluster_mgmt.state import StateVolume
 from cluster_mgmt.volume_marker import read_marker
@@ -25,7 +25,7 @@ from cluster_mgmt.volume_marker import read_marker
 HERE = Path(__file__).resolve().parent
 PREFECT_YAML = HERE / "prefect.yaml"
 AUTOMATIONS_YAML = HERE / "automations.yaml"
-BLOCK_TYPES = (ClusterStateVolume, NodeSshAccess, RkeSettings, PolicyService)
+BLOCK_TYPES = (ClusterStateVolume, NodeSshAccess, RkeSettings, PolicyService, AwsCredentials)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import typer
 import yaml
 
 from cluster_mgmt.preflight import HostKeyPolicy
+from deployments.backup_commands import register as register_backup_commands
 from deployments.cluster_commands import register as register_cluster_commands
 from deployments.recover_commands import register as register_recover_commands
 
@@ -306,6 +307,7 @@ def bootstrap(
 
 register_cluster_commands(app)
 register_recover_commands(app)
+register_backup_commands(app)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Flow teardown-cluster: rke remove --force, delete the customer kubeconfig, archive the state."""
+"""Flow teardown-cluster: rke remove --force, check the nodes for leftovers, delete the customer
+kubeconfig, archive the state."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from cluster_mgmt.atomic import atomic_write
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.leftovers import (
+    VERIFICATION_FILE,
+    NodeLeftovers,
+    summary,
+    verification_document,
+)
 from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision
@@ -28,7 +36,7 @@ from flows.operation import (
 )
 from tasks.kube import delete_customer_kubeconfig
 from tasks.locks import remove_cluster_lock
-from tasks.preflight import check_nodes
+from tasks.preflight import check_nodes, find_leftovers
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
 
@@ -58,7 +66,10 @@ def teardown_cluster(
     kubeconfig (Secret block `kubeconfig-<env>-<name>` and file) and archive its state.
 
     Unreachable nodes do not stop the teardown (RKE skips them); a node whose host key
-    changed or that refuses the key does.
+    changed or that refuses the key does. After the remove every node is asked what RKE left
+    (containers, files in its directories); leftovers and nodes that could not be checked
+    are named in the status message, the artifact and `teardown-verification.json` in the
+    archived directory, and the teardown still ends DELETED.
 
     Args:
         environment: The cluster's environment.
@@ -91,7 +102,7 @@ def teardown_cluster(
 def _remove(
     cluster: ClusterState, settings: Settings, decision: Decision, run_id: str
 ) -> tuple[Status, Path]:
-    """Preflight, `rke remove --force`, host keys checked again, DELETED, archive."""
+    """Preflight, `rke remove --force`, host keys checked again, leftovers, DELETED, archive."""
     logger = get_run_logger()
     config_text = cluster.read_text("cluster.yml")
     if config_text is None:
@@ -128,14 +139,31 @@ def _remove(
     if not outcome.result.ok:
         raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
     verify_host_keys(settings, cluster, targets, "rke remove")
+    leftovers = find_leftovers(targets, settings.access, cluster.read_text("known_hosts") or "")
+    for node in leftovers:
+        if node.result != "clean":
+            logger.warning("Node %s after rke remove: %s", node.node, node.row())
 
     delete_customer_kubeconfig(cluster)  # its Secret block and file: the token is dead
-    cluster.write_status(Phase.DELETED, Operation.TEARDOWN, run_id, outcome.summary)
-    update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
+    message = f"{outcome.summary}; {summary(leftovers)}"
+    cluster.write_status(Phase.DELETED, Operation.TEARDOWN, run_id, message)
+    update_cluster_artifact(cluster, nodes=report.rows(), detail=_verification(leftovers))
     status = cluster.read_status()
     archived = cluster.archive()
+    atomic_write(archived / VERIFICATION_FILE, verification_document(leftovers))
     emit_cluster_event(cluster, "cluster.deleted", {"archive": archived.name})
     logger.info(
         "Cluster %s/%s removed; state archived at %s", cluster.environment, cluster.name, archived
     )
     return status, archived
+
+
+def _verification(leftovers: list[NodeLeftovers]) -> str:
+    """The artifact's teardown-verification section."""
+    lines = ["## Teardown verification", "", summary(leftovers), ""]
+    for row in (node.row() for node in leftovers):
+        lines.append(
+            f"- `{row['node']}`: {row['result']}; leftovers: {row['leftovers']}; "
+            f"unverified: {row['unverified']}; rke helper containers: {row['rke_helpers']}"
+        )
+    return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Every node has its own host key, accepts one lab client key, and puts a stand-in `docker`
 (see `lab.docker`) first on the SSH session's PATH. A node's "filesystem" is its root folder
-(`LAB_NODE_ROOT` in the session), where the docker stand-in keeps what it reports.
+(`LAB_NODE_ROOT` in the session, also exported as `CLUSTER_MGMT_NODE_ROOT`), where the docker
+stand-in keeps what it reports.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class LabNode:
         return self.sshd_log.read_text().count("Connection from")
 
     def _config(self) -> Path:
-        bin_dir = self.root / "bin"
+        bin_dir, root = self.root / "bin", self.root
         path = f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         config = self.root / "sshd_config"
         config.write_text(
@@ -118,7 +119,8 @@ class LabNode:
                     "AllowTcpForwarding yes",
                     "AllowStreamLocalForwarding yes",
                     "LogLevel VERBOSE",
-                    f"SetEnv PATH={path} LAB_NODE_ROOT={self.root} CLUSTER_MGMT_NODE_ROOT={self.root}",
+                    # CLUSTER_MGMT_NODE_ROOT: the root that node checks (teardown, recovery) prefix to paths.
+                    f"SetEnv PATH={path} LAB_NODE_ROOT={self.root} CLUSTER_MGMT_NODE_ROOT={root}",
                     "",
                 ]
             )

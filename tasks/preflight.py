@@ -1,4 +1,4 @@
-"""Task: SSH preflight of every node before RKE touches them."""
+"""Tasks: SSH preflight of every node before RKE touches them; leftovers after a remove."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.ssh import NodeSshAccess
+from cluster_mgmt.leftovers import NodeLeftovers, check_leftovers
 from cluster_mgmt.preflight import NodeTarget, PreflightReport, preflight
 
 
@@ -71,3 +72,26 @@ def check_nodes(
     if retry_unreachable and report.failures and not any(n.reachable for n in report.failures):
         raise NodesUnreachableError(report)
     return report
+
+
+@task(name="find-leftovers", cache_policy=NO_CACHE)
+def find_leftovers(
+    targets: list[NodeTarget], access: NodeSshAccess, recorded_known_hosts: str
+) -> list[NodeLeftovers]:
+    """Ask every node, over SSH with the host keys already trusted, what `rke remove` left.
+
+    Args:
+        targets: The cluster's nodes.
+        access: The `node-ssh-access` block (key, trusted host keys, timeout).
+        recorded_known_hosts: Host keys recorded for this cluster.
+
+    Returns:
+        One entry per node: leftover paths and containers, or why it is unverified.
+    """
+    return check_leftovers(
+        targets,
+        private_key=access.private_key.get_secret_value(),
+        known_hosts=access.known_hosts,
+        recorded_known_hosts=recorded_known_hosts,
+        connect_timeout=access.connect_timeout_seconds,
+    )
