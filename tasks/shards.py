@@ -28,7 +28,7 @@ from prefect.states import Cancelled, Cancelling
 
 from cluster_mgmt.shards import ShardedSweep
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 1.0
 
 
 def shard_table_key(shard: int, shards: int) -> str:
