@@ -34,7 +34,7 @@ from prefect.deployments.runner import EntrypointType
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from blocks import ClusterStateVolume
-from cluster_mgmt.health import read_health
+from cluster_mgmt.health import HealthSettings, read_health, run_sweep
 from cluster_mgmt.shards import ShardedSweep, assign, check_shards, row_verdict, shard_of
 from deployments.bootstrap import load_flow
 from lab.embedded import QUIET, EmbeddedServer, EmbeddedWorker
@@ -102,6 +102,26 @@ def test_the_merge_names_every_cluster_a_failed_shard_left_out():
     assert all(r["reasons"] == f"shard {failed}: its run ended CRASHED" for r in missing)
     assert merged.counts() == {"Healthy": 10 - len(missing), "not swept": len(missing)}
     assert row_verdict({"verdict": "torn down during the sweep"}) == "gone"
+
+
+def test_a_sweep_judges_a_cluster_once_however_often_its_shard_is_run(tmp_path):
+    """A retried shard skips what its sweep recorded already (and gives its transition again);
+    another sweep judges it afresh."""
+    with Fleet(tmp_path / "fleet", 2, 0.0, "127.4.1.1", environment="once") as fleet:
+        cluster = fleet.volume.cluster("once", "c00000")
+        settings = HealthSettings(probe_timeout=2.5, sweeps_to_change=2)
+        first = run_sweep([cluster], settings, sweep_id="s1")[0]
+        assert first.transition.verdict == "Healthy" and first.record.sweep == "s1"
+        fleet.supervisor.call("etcd", address=fleet.expected["c00000"]["address"], healthy=False)
+        again = run_sweep([cluster], settings, sweep_id="s1")[0]  # s1's shard run again
+        assert again.record == first.record and again.transition == first.transition
+        assert again.row() == first.row()
+        second = run_sweep(fleet.volume.clusters(), settings, sweep_id="s2")
+        assert second[0].record.candidate["seen"] == 1 and second[1].record.sweep == "s2"
+        repeat = run_sweep([cluster], settings, sweep_id="s2")[0]
+        assert repeat.record.candidate["seen"] == 1 and repeat.transition is None
+        unsharded = run_sweep([cluster], settings)[0]  # every plain sweep counts
+        assert unsharded.record.verdict == "Degraded" and unsharded.record.sweep is None
 
 
 # -- a sharded sweep through PostgreSQL, two workers ----------------------------------------------
