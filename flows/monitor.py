@@ -112,7 +112,7 @@ def monitor_clusters(
     outcomes = sweep_cluster_health(volume, environment, settings, progress, part, sweep)
     counts = publish_cluster_health(volume, outcomes, table_key)
     text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    where = f" of shard {shard}/{shards}" if part else ""
+    where = f" of shard {shard} (of {shards})" if part else ""
     return Completed(message=f"{len(outcomes)} clusters{where}: {text}", data=counts)
 
 

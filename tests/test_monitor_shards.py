@@ -37,6 +37,7 @@ from blocks import ClusterStateVolume
 from cluster_mgmt.health import HealthSettings, read_health, run_sweep
 from cluster_mgmt.shards import ShardedSweep, assign, check_shards, row_verdict, shard_of
 from deployments.bootstrap import load_flow
+from flows.monitor import monitor_clusters
 from lab.embedded import QUIET, EmbeddedServer, EmbeddedWorker
 from lab.fleet import Fleet
 from lab.postgres import LabPostgres, migrated_template
@@ -325,3 +326,14 @@ def test_a_shard_that_never_runs_fails_the_sweep_naming_its_clusters(stack):
     assert len(rows) == CLUSTERS and all(r["verdict"] == "not swept" for r in rows)
     waiting = [r.name for r in stack.client.read_flow_runs() if r.state.is_scheduled()]
     assert waiting == []  # the shards' runs that never started were cancelled
+
+
+def test_bad_shard_parameters_fail_in_one_line_before_any_probe(prefect_server):
+    for options, says in (
+        ({"shards": 2, "shard": 2}, "shard must be between 0 and shards - 1 = 1, got 2"),
+        ({"shards": 0}, "shards must be between 1 and 256"),
+        ({"sweep": "x"}, "sweep is set by a sharded sweep"),
+        ({"shards": 2, "shard_attempts": 0}, "shard_attempts must be at least 1"),
+    ):
+        state = monitor_clusters(state_volume="no-such-volume", return_state=True, **options)
+        assert state.is_failed() and says in state.message, state.message
