@@ -154,10 +154,12 @@ class LabPostgres:
     def stop(self) -> None:
         if self.root is None:
             return
-        if (self.data / "postmaster.pid").exists():
-            self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root = None
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
 
     def __enter__(self) -> Self:
         return self.start()
