@@ -15,6 +15,10 @@ Damping: the verdict in health.json changes only once the same new verdict was o
 `sweeps_to_change` consecutive sweeps; until then it is recorded as the pending candidate. The
 first verdict a cluster ever gets is taken at once (there is nothing to flap from). The monitor
 takes no lock: health.json is written atomically and by the monitor only.
+
+A sharded sweep names itself (`sweep_id`): each record says which sweep wrote it, so a shard
+that is retried after a crash judges only the clusters its first attempt did not reach, and a
+verdict never counts one sweep twice.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ class HealthRecord:
     nodes_ready: int | None = None
     nodes_total: int | None = None
     first_certificate_expiry: str | None = None
+    sweep: str | None = None  # the sharded sweep that wrote this record
+    changed: bool = False  # whether that write changed the verdict
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -611,10 +617,19 @@ def read_health(cluster: ClusterState) -> HealthRecord | None:
     return None if data is None else HealthRecord.from_json(data)
 
 
+def _transition(cluster: ClusterState, record: HealthRecord, previous: str | None) -> Transition:
+    return Transition(
+        cluster.environment, cluster.name, record.verdict, previous, record.reasons, record.since
+    )
+
+
 def record_observation(
-    cluster: ClusterState, observation: Observation, sweeps_to_change: int
+    cluster: ClusterState,
+    observation: Observation,
+    sweeps_to_change: int,
+    sweep_id: str | None = None,
 ) -> tuple[HealthRecord | None, Transition | None]:
-    """Damp `observation` into the cluster's health.json (atomic write).
+    """Damp `observation` into the cluster's health.json (atomic write), marked with `sweep_id`.
 
     Returns the record and the transition, if the verdict changed. A cluster not judged keeps
     its record untouched; one whose directory vanished (torn down mid-sweep) gets nothing
@@ -624,6 +639,7 @@ def record_observation(
         return read_health(cluster), None
     before = read_health(cluster)
     record, changed = damp(before, observation, sweeps_to_change)
+    record = replace(record, sweep=sweep_id, changed=changed)
     try:
         if not cluster.path("status.json").exists():
             return None, None
@@ -632,15 +648,32 @@ def record_observation(
         return None, None
     if not changed:
         return record, None
-    transition = Transition(
+    return record, _transition(cluster, record, before.verdict if before else None)
+
+
+def recorded_in(cluster: ClusterState, sweep_id: str) -> Outcome | None:
+    """The outcome `sweep_id` already recorded for the cluster (an earlier attempt of the same
+    shard got that far), None if it has not reached it. Its transition, if the verdict changed
+    then, is given again: signalled at least once, even if that attempt died before."""
+    record = read_health(cluster)
+    if record is None or record.sweep != sweep_id:
+        return None
+    observed = (record.candidate or {}).get("verdict", record.verdict)
+    observation = Observation(
         cluster.environment,
         cluster.name,
-        record.verdict,
-        before.verdict if before else None,
-        record.reasons,
-        record.since,
+        str(Phase.READY),  # only READY clusters are judged
+        Verdict(observed),
+        list(record.reasons),
+        record.kubernetes_version,
+        record.nodes_ready,
+        record.nodes_total,
+        record.first_certificate_expiry,
+        record.checked_at,
     )
-    return record, transition
+    previous = (record.previous or {}).get("verdict")
+    transition = _transition(cluster, record, previous) if record.changed else None
+    return Outcome(observation, record, transition)
 
 
 def days_until(moment: str | None, now: datetime | None = None) -> int | None:
@@ -699,13 +732,20 @@ async def sweep(
     clusters: Iterable[ClusterState],
     settings: HealthSettings | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    sweep_id: str | None = None,
 ) -> list[Outcome]:
     """Probe every cluster, damp each verdict into its health.json; one cluster's trouble never
     stops the others. `on_progress(done, total)` is called after each cluster and must not
-    block."""
+    block. With `sweep_id`, clusters already recorded by that sweep are not probed again."""
     settings = settings or HealthSettings()
     clusters = list(clusters)
-    total, done = len(clusters), 0
+    earlier: dict[tuple[str, str], Outcome] = {}
+    if sweep_id is not None:
+        found = await asyncio.gather(
+            *(asyncio.to_thread(recorded_in, c, sweep_id) for c in clusters)
+        )
+        earlier = {(c.environment, c.name): o for c, o in zip(clusters, found, strict=True) if o}
+    total, done = len(clusters), len(earlier)
     by_key = {(c.environment, c.name): c for c in clusters}
     recorded: dict[tuple[str, str], tuple[HealthRecord | None, Transition | None]] = {}
 
@@ -715,7 +755,7 @@ async def sweep(
         key = (observation.environment, observation.name)
         try:
             recorded[key] = await asyncio.to_thread(
-                record_observation, cluster, observation, settings.sweeps_to_change
+                record_observation, cluster, observation, settings.sweeps_to_change, sweep_id
             )
         except OSError as exc:
             observation.reasons.append(f"health.json not written: {exc.strerror or exc}")
@@ -724,14 +764,22 @@ async def sweep(
         if on_progress is not None:
             on_progress(done, total)
 
-    observations = await probe_clusters(clusters, settings, record)
-    return [Outcome(o, *recorded[(o.environment, o.name)]) for o in observations]
+    todo = [c for c in clusters if (c.environment, c.name) not in earlier]
+    observations = await probe_clusters(todo, settings, record)
+    fresh = {
+        (o.environment, o.name): Outcome(o, *recorded[(o.environment, o.name)])
+        for o in observations
+    }
+    return [
+        earlier.get((c.environment, c.name)) or fresh[(c.environment, c.name)] for c in clusters
+    ]
 
 
 def run_sweep(
     clusters: Iterable[ClusterState],
     settings: HealthSettings | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    sweep_id: str | None = None,
 ) -> list[Outcome]:
     """`sweep` for synchronous callers."""
-    return asyncio.run(sweep(clusters, settings, on_progress))
+    return asyncio.run(sweep(clusters, settings, on_progress, sweep_id))

@@ -123,6 +123,8 @@ class EmbeddedServer:
 
     The Secret-block key comes from `PREFECT_SERVER_ENCRYPTION_KEY` in the environment, else
     from `key_file` (default `<home>/../encryption-key`, created 0600 on first start).
+    `database_url` (e.g. `postgresql+asyncpg://...`) replaces the SQLite file; the server
+    migrates that database as it starts.
     """
 
     home: Path
@@ -131,6 +133,7 @@ class EmbeddedServer:
     ui: bool = True
     cache_dir: Path | None = None
     key_file: Path | None = None
+    database_url: str | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -157,16 +160,19 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 90.0) -> EmbeddedServer:
         private_dir(self.home)
-        db = self.database
-        if not db.exists():
-            shutil.copyfile(migrated_database(self.cache_dir or self.home / "cache"), db)
-        db.chmod(0o600)  # SQLite gives its -wal/-shm/-journal files the database's mode
+        database_url, migrate = self.database_url, "true"
+        if database_url is None:
+            db = self.database
+            if not db.exists():
+                shutil.copyfile(migrated_database(self.cache_dir or self.home / "cache"), db)
+            db.chmod(0o600)  # SQLite gives its -wal/-shm/-journal files the database's mode
+            database_url, migrate = f"sqlite+aiosqlite:///{db}", "false"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {
             **QUIET,
             "PREFECT_HOME": str(self.home),
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}",
-            "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
+            "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": migrate,
             "PREFECT_SERVER_API_AUTH_STRING": self.auth_string,
             ENCRYPTION_KEY: self.encryption_key(),
             "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
@@ -208,6 +214,8 @@ class EmbeddedWorker:
     pool: str = "cluster-mgmt"
     query_seconds: float = 2.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None  # flow runs at once (`--limit`); None: no limit
+    name: str | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -227,6 +235,8 @@ class EmbeddedWorker:
             "PREFECT_WORKER_PREFETCH_SECONDS": "10",
         }
         command = [PREFECT, "worker", "start", "--pool", self.pool, "--type", "process"]
+        command += ["--limit", str(self.limit)] if self.limit else []
+        command += ["--name", self.name] if self.name else []
         self.process = spawn([*command, "--install-policy", "never"], env, self.log_path)
         return self
 

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cluster_mgmt.health import HealthSettings, Outcome, Transition, run_sweep
 from cluster_mgmt.redact import redact
+from cluster_mgmt.shards import shard_of
 from cluster_mgmt.state import ClusterNotFoundError, StateVolume
 from tasks.reporting import emit_event_for, update_cluster_artifact
 
@@ -65,6 +66,8 @@ def sweep_cluster_health(
     environment: str | None,
     settings: HealthSettings,
     progress_artifact_id: UUID | None = None,
+    shard: tuple[int, int] | None = None,
+    sweep_id: str | None = None,
 ) -> list[Outcome]:
     """Probe every cluster on the volume (of `environment`, if given) and update health.json.
 
@@ -73,15 +76,20 @@ def sweep_cluster_health(
         environment: Only this environment's clusters; None for all.
         settings: Timeouts, concurrency, expiry warning and damping.
         progress_artifact_id: A progress artifact to advance as clusters are done.
+        shard: `(index, shards)`: only the clusters of this shard.
+        sweep_id: The sharded sweep this is part of (clusters it recorded already are skipped).
 
     Returns:
         One outcome per cluster (observation, health record, transition).
     """
     clusters = volume.clusters(environment)
+    if shard is not None:
+        index, shards = shard
+        clusters = [c for c in clusters if shard_of(c.environment, c.name, shards) == index]
     get_run_logger().info("Probing %d clusters (%d at once)", len(clusters), settings.concurrency)
     progress = _Progress(progress_artifact_id) if progress_artifact_id else None
     try:
-        return run_sweep(clusters, settings, progress)
+        return run_sweep(clusters, settings, progress, sweep_id)
     finally:
         if progress is not None:
             progress.close()
@@ -136,8 +144,11 @@ def summary(outcomes: list[Outcome]) -> dict[str, int]:
 
 
 @task(name="publish-cluster-health", cache_policy=NO_CACHE)
-def publish_cluster_health(volume: StateVolume, outcomes: list[Outcome]) -> dict[str, Any]:
-    """Events and artifacts for transitions, and the `fleet-health` table artifact.
+def publish_cluster_health(
+    volume: StateVolume, outcomes: list[Outcome], table_key: str = FLEET_ARTIFACT
+) -> dict[str, Any]:
+    """Events and artifacts for transitions, and the fleet table artifact (`table_key`;
+    a shard of a sharded sweep writes its own, which the sweep's parent merges).
 
     Returns:
         Counts of verdicts and the number of transitions.
@@ -154,7 +165,7 @@ def publish_cluster_health(volume: StateVolume, outcomes: list[Outcome]) -> dict
     rows = [{k: redact(str(v)) for k, v in o.row(now).items()} for o in outcomes]
     text = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())) or "no clusters"
     create_table_artifact(
-        key=FLEET_ARTIFACT,
+        key=table_key,
         table=rows or [{"environment": "-", "name": "-", "verdict": "no clusters"}],
         description=f"{len(outcomes)} clusters: {text}; {len(transitions)} transitions",
     )
