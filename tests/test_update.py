@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -331,3 +334,22 @@ def test_kill_9_of_rke_during_an_upgrade_converges_on_rerun(env: Env):
     assert applied_version(env) == VERSIONS[2] and ca_of(env) == ca
     live = plan(env, target).result()["live"]
     assert live["version"] == "v1.29.9" and live["nodes"] == 3
+
+
+def test_cli_checks_the_spec_before_starting_a_run(tmp_path):
+    """`update` (and `plan`) refuse a bad spec file locally (exit 2), as `create` does; the API
+    named here does not exist, so reaching it would fail differently."""
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("name: web\nnodes:\n- {address: 10.0.0.1, roles: [controlplane, worker]}\n")
+    cli = str(Path(sys.executable).parent / "cluster-mgmt")
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    run = subprocess.run(  # `plan` reads the spec with the same helper
+        [cli, "update", "--spec", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "no node has the etcd role" in run.stderr and "Traceback" not in run.stderr
