@@ -44,6 +44,11 @@ class ClusterId:
         return self.lock_name
 
     @property
+    def plan_artifact_key(self) -> str:
+        """The Prefect artifact holding the cluster's last update plan: `plan-<env>-<name>`."""
+        return f"plan-{self.environment}-{self.name}"
+
+    @property
     def kubeconfig_block(self) -> str:
         """The Prefect `Secret` block with the customer kubeconfig: `kubeconfig-<env>-<name>`."""
         return f"kubeconfig-{self.environment}-{self.name}"

@@ -37,8 +37,8 @@ def provision_step(
         changed = ", ".join(config_changes(stored, config)) or "settings outside cluster.yml"
         raise RefusedError(
             f"cluster {cluster.environment}/{cluster.name} exists with a different spec "
-            f"(changed: {changed}); provision again with the original spec, or use "
-            "update-cluster"
+            f"(changed: {changed}); apply the change with update-cluster (plan-cluster shows "
+            "what it would do), or provision again with the original spec"
         )
     cluster.ensure_state_intact()
     if status is not None and status.phase == Phase.READY:

@@ -73,7 +73,12 @@ def config_changes(old_text: str, new: dict) -> list[str]:
     """Dotted paths whose values differ between a stored cluster.yml and a new rendering."""
     old = yaml.safe_load(old_text) or {}
     ignored = {"ssh_key_path"}
-    return [p for p in _diff(old, new, "") if p not in ignored]
+    return [p for p in diff_configs(old, new) if p not in ignored]
+
+
+def diff_configs(old: Any, new: Any) -> list[str]:
+    """Dotted paths (`network.plugin`, `nodes[2].role`) whose values differ."""
+    return _diff(old, new, "")
 
 
 def _diff(old: Any, new: Any, path: str) -> list[str]:

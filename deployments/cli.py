@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -23,6 +23,10 @@ from cluster_mgmt.preflight import HostKeyPolicy
 from deployments.backup_commands import register as register_backup_commands
 from deployments.cluster_commands import register as register_cluster_commands
 from deployments.recover_commands import register as register_recover_commands
+from deployments.update_commands import register as register_update_commands
+
+if TYPE_CHECKING:
+    from cluster_mgmt.spec import ClusterSpec
 
 app = typer.Typer(
     help=(
@@ -87,21 +91,26 @@ def create(
     wait: Wait = False,
 ) -> None:
     """Provision a cluster: start provision-cluster/default and return its flow run at once."""
+    request = read_spec(spec)
+    start_run("provision-cluster/default", {"spec": request.model_dump(mode="json")}, wait)
+
+
+def read_spec(path: Path) -> ClusterSpec:
+    """The ClusterSpec in `path`, or exit 2 saying what is wrong with it."""
     from pydantic import ValidationError
 
     from cluster_mgmt.spec import ClusterSpec
     from deployments.client import USAGE
 
     try:
-        request = ClusterSpec.model_validate(yaml.safe_load(spec.read_text()))
+        return ClusterSpec.model_validate(yaml.safe_load(path.read_text()))
     except yaml.YAMLError as exc:
-        raise _fail(f"{spec} does not parse as YAML/JSON: {exc}", USAGE) from None
+        raise _fail(f"{path} does not parse as YAML/JSON: {exc}", USAGE) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
         )
-        raise _fail(f"{spec}: {problems}", USAGE) from None
-    start_run("provision-cluster/default", {"spec": request.model_dump(mode="json")}, wait)
+        raise _fail(f"{path}: {problems}", USAGE) from None
 
 
 @app.command()
@@ -308,6 +317,7 @@ def bootstrap(
 register_cluster_commands(app)
 register_recover_commands(app)
 register_backup_commands(app)
+register_update_commands(app)
 
 
 def main() -> None:

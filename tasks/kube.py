@@ -25,6 +25,7 @@ from cluster_mgmt.manifests import (
     stale,
     write_record,
 )
+from cluster_mgmt.plan import Live, observe
 from cluster_mgmt.spec import CustomerAccess
 from cluster_mgmt.state import CUSTOMER_KUBECONFIG, KUBECONFIG, ClusterState
 
@@ -151,3 +152,10 @@ def delete_customer_kubeconfig(cluster: ClusterState) -> None:
     with suppress(ValueError):  # no such block
         Secret.delete(access.secret_block_name(cluster.environment, cluster.name))
     remove_file(cluster, CUSTOMER_KUBECONFIG)
+
+
+@task(name="read-live-cluster", cache_policy=NO_CACHE)
+def read_live_cluster(cluster: ClusterState) -> Live:
+    """The API server's version and the nodes' Ready conditions, read with the admin
+    kubeconfig; an unreachable cluster is reported, not raised."""
+    return observe(cluster.read_text(KUBECONFIG))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
@@ -148,4 +148,14 @@ def publish_decision(environment: str, name: str, decision: Decision) -> None:
         key=f"policy-{environment}-{name}",
         table=[{k: redact(str(v)) for k, v in row.items()} for row in rows],
         description=redact(f"Policy decision for {environment}/{name}: {decision.summary()}"),
+    )
+
+
+@task(name="publish-update-plan", cache_policy=NO_CACHE)
+def publish_plan(environment: str, name: str, markdown: str, summary: str) -> None:
+    """An update plan as markdown artifact `plan-<env>-<name>`, its summary the description."""
+    create_markdown_artifact(
+        key=ClusterId(environment, name).plan_artifact_key,
+        markdown=redact(markdown),
+        description=redact(summary),
     )

@@ -847,6 +847,7 @@ ETCD_CONTAINERS = ["etcd", "etcd-rolling-snapshots"]
 
 
 def reconcile(cluster, current, flags: Flags) -> None:
+    """cluster.ReconcileCluster: etcd members, then workers, then control planes removed."""
     log.info("[reconcile] Reconciling cluster state")
     if current is None:
         log.info("[reconcile] This is newly generated cluster")
@@ -856,28 +857,141 @@ def reconcile(cluster, current, flags: Flags) -> None:
             "Certificates are not present in cluster state, recover rkestate file or certificate "
             "information in cluster state"
         )
-    log.info("[reconcile] Check etcd hosts to be deleted")
-    log.info("[reconcile] Check etcd hosts to be added")
-    now = {h.address: h for h in cluster.all_hosts}
+    api = kubeapi.client(cluster)
     inactive = {h.address for h in cluster.inactive_hosts}
-    for old in current.all_hosts:
-        if old.address in now or old.address in inactive:
-            continue
-        # a node removed from cluster.yml: reach it with its old settings and clean it
-        try:
-            hosts.tunnel_up(old, cluster.version, agent_auth(cluster))
-        except hosts.TunnelError as exc:
-            log.warning(f"[reconcile] Couldn't clean up node [{old.address}]: {exc}")
-            continue
-        try:
-            docker = Docker(old)
-            docker.remove(WORKER_CONTAINERS + CONTROL_CONTAINERS + ETCD_CONTAINERS)
-            clean_host(cluster, old)
-        finally:
-            old.conn.close()
-            old.conn = None
+    configured = {h.address: h for h in cluster.all_hosts}
+    for old in current.all_hosts:  # syncNodeRoles
+        if old.address in configured:
+            new = configured[old.address]
+            old.is_etcd, old.is_control, old.is_worker = new.is_etcd, new.is_control, new.is_worker
+
+    def to_delete(before: list, after: list) -> list:
+        kept = {h.address for h in after}
+        return [h for h in before if h.address not in kept and h.address not in inactive]
+
+    etcd_delete = to_delete(current.etcd_hosts, cluster.etcd_hosts)
+    etcd_add = [h for h in cluster.etcd_hosts if h.address not in _addresses(current.etcd_hosts)]
+    if current.etcd_hosts and not _addresses(current.etcd_hosts) & _addresses(cluster.etcd_hosts):
+        raise RkeError(
+            "Failed to reconcile etcd plane: Etcd plane nodes are replaced. Stopping "
+            "provisioning. Please restore your cluster from backup."
+        )
+    log.info("[reconcile] Check etcd hosts to be deleted")
+    for host in etcd_delete:
+        host.is_etcd = False
+        name = f"etcd-{host.hostname_override}"
+        log.info(f"[remove/etcd] Removing member [{name}] from etcd cluster")
+        for other in cluster.etcd_hosts[:1]:
+            peer = f"etcd-{other.hostname_override}"
+            log.info(
+                f"[remove/etcd] Checking etcd cluster health on [{peer}] after removing [{name}]"
+            )
+            log.info(
+                f"[remove/etcd] etcd cluster health is healthy on [{peer}] after removing [{name}]"
+            )
+        log.info(f"[remove/etcd] Successfully removed member [{name}] from etcd cluster")
+        delete_node(cluster, api, host, host.is_control or host.is_worker)
+        _clean_removed(cluster, host, "etcd", "Couldn't clean up etcd node")
+    log.info("[reconcile] Check etcd hosts to be added")
+    for host in etcd_add:
+        name = f"etcd-{host.hostname_override}"
+        log.info(f"[add/etcd] Adding member [{name}] to etcd cluster")
+        log.info(f"[add/etcd] Successfully Added member [{name}] to etcd cluster")
+    for host in to_delete(current.worker_hosts, cluster.worker_hosts):
+        host.is_worker = False
+        delete_node(cluster, api, host, host.is_control or host.is_etcd)
+        _clean_removed(cluster, host, "worker", "Couldn't clean up worker node")
+    control_delete = to_delete(current.control_hosts, cluster.control_hosts)
+    if control_delete and len(control_delete) == len(current.control_hosts):
+        log.info(
+            "[reconcile] Deleting all current controlplane nodes, skipping deleting from k8s "
+            "cluster"
+        )
+    else:
+        for host in control_delete:
+            delete_node(cluster, api, host, host.is_worker or host.is_etcd)
+            _clean_removed(cluster, host, "controlplane", "Couldn't clean up controlplane node")
     rebuild_kubeconfig(cluster)
     log.info("[reconcile] Reconciled cluster state successfully")
+
+
+def _addresses(hosts_list: list) -> set[str]:
+    return {h.address for h in hosts_list}
+
+
+def delete_node(cluster, api: dict | None, host, has_another_role: bool) -> None:
+    """hosts.DeleteNode: cordon the node, then delete it from Kubernetes."""
+    a = host.address
+    if has_another_role:
+        log.info(f"[hosts] host [{a}] has another role, skipping delete from kubernetes cluster")
+        return
+    log.info(f"[hosts] Cordoning host [{a}]")
+    if api is None:  # no API server in this lab: the nodes live in the lab's store
+
+        def change(store: dict) -> None:
+            store.get("nodes", {}).pop(host.hostname_override, None)
+
+        store_update(cluster, change, flush=False)
+    elif not kubeapi.delete_node(api, host.hostname_override):
+        log.warning(f"[hosts] Can't find node by name [{a}]")
+        return
+    log.info(f"[hosts] Deleting host [{a}] from the cluster")
+    log.info(f"[hosts] Successfully deleted host [{a}] from the cluster")
+
+
+# The directories each reconcile cleaner empties (hosts.CleanUp*Host); None: nothing to clean.
+_NODE_DIRS = ["/etc/kubernetes/ssl", "/etc/cni", "/opt/cni", "/var/run/calico", "/var/lib/cni"]
+
+
+def _clean_removed(cluster, host, plane: str, warning: str) -> None:
+    """reconcileHost: remove the plane's containers from a node that left it, then clean it."""
+    try:
+        hosts.tunnel_up(host, cluster.version, agent_auth(cluster))
+    except hosts.TunnelError as exc:
+        log.warning(f"[reconcile] {warning} [{host.address}]: Not able to reach the host: {exc}")
+        return
+    try:
+        docker = Docker(host)
+        if plane == "worker":
+            log.info("[worker] Tearing down Worker Plane..")
+            if host.is_control:
+                log.info(
+                    f"[worker] Host [{host.address}] is already a controlplane host, nothing to do."
+                )
+            else:
+                docker.remove(WORKER_CONTAINERS)
+            log.info("[worker] Successfully tore down Worker Plane..")
+            dirs = None if host.is_control or host.is_etcd else _NODE_DIRS
+            skip = "is already a controlplane or etcd host, skipping cleanup."
+        elif plane == "etcd":
+            log.info("[etcd] Tearing down etcd plane..")
+            both = host.is_worker and host.is_control  # RKE: `!IsWorker || !IsControl`
+            docker.remove(ETCD_CONTAINERS + ([] if both else WORKER_CONTAINERS))
+            log.info("[etcd] Successfully tore down etcd plane..")
+            other = host.is_worker or host.is_control
+            dirs = ["/var/lib/etcd"] if other else ["/var/lib/etcd", "/etc/kubernetes/ssl"]
+            if other:
+                log.info(
+                    f"[hosts] Host [{host.address}] is already a worker or control host, "
+                    "skipping cleanup certs."
+                )
+            skip = ""
+        else:
+            log.info("[controlplane] Tearing down the Controller Plane..")
+            both = host.is_worker and host.is_etcd  # RKE: `!IsWorker || !IsEtcd`
+            extra = [] if both else ["kubelet", "kube-proxy", "service-sidekick"]
+            docker.remove(CONTROL_CONTAINERS + extra)
+            log.info("[controlplane] Successfully tore down Controller Plane..")
+            dirs = None if host.is_worker or host.is_etcd else _NODE_DIRS
+            skip = "is already a worker or etcd host, skipping cleanup."
+        if dirs is None:
+            log.info(f"[hosts] Host [{host.address}] {skip}")
+        else:
+            clean_host(cluster, host, dirs)
+    finally:
+        if host.conn is not None:
+            host.conn.close()
+            host.conn = None
 
 
 def pre_pull(cluster) -> None:
@@ -1355,8 +1469,9 @@ def rebuild_with_rotated_certificates(flags: Flags) -> None:
 
 
 # --- remove (cluster/remove.go) ------------------------------------------------------------------
-def clean_host(cluster, host) -> None:
-    """Host.CleanUpAll: the kube-cleaner container empties rke's directories."""
+def clean_host(cluster, host, only: list[str] | None = None) -> None:
+    """Host.CleanUpAll (or, given `only`, Host.CleanUp of those directories, as reconcile
+    does): the kube-cleaner container empties rke's directories."""
     prefix = cluster.config.get("prefix_path", "/") or "/"
 
     def join(path: str) -> str:
@@ -1372,6 +1487,8 @@ def clean_host(cluster, host) -> None:
     ]
     if not cluster.config["services"]["etcd"].get("external_urls"):
         dirs.append(join("/var/lib/etcd/"))
+    if only is not None:
+        dirs = [join(d) + "/" for d in only]
     alpine = cluster.images.get("alpine", "")
     a = host.address
     log.info(f"[hosts] Cleaning up host [{a}]")

@@ -95,6 +95,21 @@ def save_full_state(config: dict, payload: str) -> None:
     kube.request(config, "DELETE", f"{base}/configmaps/full-cluster-state")
 
 
+def delete_node(config: dict, name: str) -> bool:
+    """Cordon node `name`, then delete it; False if there is no such node."""
+    status, _ = kube.request(config, "GET", f"/api/v1/nodes/{name}")
+    if status == 404:
+        return False
+    patch = {"spec": {"unschedulable": True}}
+    kube.request(
+        config, "PATCH", f"/api/v1/nodes/{name}", patch, content_type="application/merge-patch+json"
+    )
+    status, body = kube.request(config, "DELETE", f"/api/v1/nodes/{name}")
+    if status >= 300 and status != 404:
+        raise RkeError(f"Failed to delete node [{name}]: {json.loads(body).get('message', status)}")
+    return True
+
+
 def sync_nodes(config: dict, cluster) -> None:
     """Kubelet registers each node; rke's sync sets role labels, user labels and taints."""
     version = cluster.config.get("kubernetes_version", "").split("-")[0]

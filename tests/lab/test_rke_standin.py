@@ -349,3 +349,36 @@ def test_cert_rotate_needs_state(rke):
     assert run.code == 1
     assert messages(run, "fatal") == ["Failed to rotate certificates: can't find old certificates"]
     assert not (rke.workdir / "cluster.rkestate").exists()
+
+
+def test_up_adds_and_removes_etcd_members_and_cleans_removed_nodes(rke):
+    """ReconcileCluster on a changed cluster.yml: etcd members removed, then added; a removed
+    node is deleted from Kubernetes unless it keeps another role, and its planes cleaned."""
+    first, second, third = rke.nodes.nodes
+    rke.config(roles=[["controlplane", "etcd"], ["worker"], ["etcd", "worker"]])
+    assert rke.run("up").code == 0
+    rke.config(roles=[["controlplane", "etcd"], ["etcd", "worker"]])  # the third node goes
+    run = rke.run("up")
+    assert run.code == 0, run.tail
+    info = messages(run, "info")
+    order = [
+        "[reconcile] Check etcd hosts to be deleted",
+        f"[remove/etcd] Removing member [etcd-{third.address}] from etcd cluster",
+        f"[remove/etcd] Successfully removed member [etcd-{third.address}] from etcd cluster",
+        f"[hosts] host [{third.address}] has another role, skipping delete from kubernetes cluster",
+        f"[hosts] Host [{third.address}] is already a worker or control host, skipping cleanup certs.",
+        "[reconcile] Check etcd hosts to be added",
+        f"[add/etcd] Adding member [etcd-{second.address}] to etcd cluster",
+        f"[add/etcd] Successfully Added member [etcd-{second.address}] to etcd cluster",
+        f"[hosts] Cordoning host [{third.address}]",
+        f"[hosts] Deleting host [{third.address}] from the cluster",
+        "[reconcile] Reconciled cluster state successfully",
+    ]
+    positions = [info.index(line) for line in order]
+    assert positions == sorted(positions)
+    # cleaned twice: the etcd data when it left etcd, then the rest when it left the workers
+    assert info.count(f"[hosts] Successfully cleaned up host [{third.address}]") == 2
+    assert f"[hosts] Cordoning host [{first.address}]" not in info
+    state = json.loads((rke.workdir / "cluster.rkestate").read_text())
+    nodes = state["currentState"]["rkeConfig"]["nodes"]
+    assert [n["address"] for n in nodes] == [first.address, second.address]
