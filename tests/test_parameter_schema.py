@@ -300,3 +300,25 @@ def test_the_api_accepts_a_good_request(deployed, flow_name, parameters):
         assert run.parameters == parameters and run.state.is_scheduled()
     finally:
         deployed.delete_flow_run(run.id)
+
+
+def test_every_flow_has_exactly_one_deployment():
+    """A YAML merge that drops a key silently would leave a flow without its `<flow>/default`."""
+    import importlib
+    import pkgutil
+
+    from prefect import Flow
+
+    import flows
+
+    declared: dict[str, int] = {}
+    for spec in deployment_specs():
+        assert {"name", "entrypoint", "work_pool"} <= spec.keys(), spec
+        declared[spec["entrypoint"]] = declared.get(spec["entrypoint"], 0) + 1
+    found = {
+        f"{module.name}.{attribute}"
+        for module in pkgutil.iter_modules(flows.__path__, "flows.")
+        for attribute, value in vars(importlib.import_module(module.name)).items()
+        if isinstance(value, Flow) and value.__module__ == module.name
+    }
+    assert found and declared == dict.fromkeys(found, 1)
