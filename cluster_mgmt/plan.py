@@ -348,17 +348,22 @@ def _members(nodes: list[NodeView], role: str) -> set[str]:
 
 
 def _membership_rules(plan: Plan, before: list[NodeView], after: list[NodeView]) -> None:
-    """One control-plane/etcd change per update, etcd quorum kept, never an even etcd count."""
+    """One control-plane/etcd change per update, or two etcd nodes added or removed together to
+    go from one odd etcd count to the next (1 → 3, 3 → 5, 5 → 3: RKE changes the members one
+    after the other); etcd quorum kept; never an even etcd count."""
     etcd_before, etcd_after = _members(before, "etcd"), _members(after, "etcd")
     control_before, control_after = (
         _members(before, "controlplane"),
         _members(after, "controlplane"),
     )
-    moved = (etcd_before ^ etcd_after) | (control_before ^ control_after)
-    if len(moved) > 1:
+    added, removed = etcd_after - etcd_before, etcd_before - etcd_after
+    moved = added | removed | (control_before ^ control_after)
+    etcd_pair = len(moved) == 2 and (added == moved or removed == moved)
+    if len(moved) > 1 and not etcd_pair:
         plan.refusals.append(
             f"the control-plane/etcd membership of {len(moved)} nodes changes "
-            f"({', '.join(sorted(moved))}); change one such node per update"
+            f"({', '.join(sorted(moved))}); change one such node per update, or add or remove "
+            "two etcd nodes together to go from one odd etcd count to the next"
         )
     majority = len(etcd_before) // 2 + 1
     if etcd_before and len(etcd_after & etcd_before) < majority:

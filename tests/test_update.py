@@ -105,8 +105,7 @@ def test_plan_removing_a_worker_and_an_unchanged_spec():
 def test_etcd_quorum_one_change_and_odd_count():
     one_etcd = {"10.0.0.1": ALL, "10.0.0.2": ["worker"], "10.0.0.3": ["worker"]}
     plan = plan_of(BASE, spec_of(one_etcd, kubernetes_version=START))
-    assert any("below the quorum of 2" in r for r in plan.refusals)
-    assert any("change one such node per update" in r for r in plan.refusals)
+    assert any("below the quorum of 2" in r for r in plan.refusals)  # 3 -> 1: two go at once
     # an even count cannot even be asked for; the plan refuses it all the same
     two = BASE.model_copy(
         update={"nodes": [*BASE.nodes[:2], NodeSpec(address="10.0.0.3", roles=["worker"])]}
@@ -117,6 +116,15 @@ def test_etcd_quorum_one_change_and_odd_count():
     single = spec_of({"10.0.0.1": ALL}, kubernetes_version=START)
     plan = plan_of(single, spec_of({"10.0.0.1": ["controlplane", "worker"], "10.0.0.2": ALL}))
     assert any("below the quorum of 1" in r for r in plan.refusals)
+    # two etcd nodes together from one odd count to the next: 1 -> 3 and 5 -> 3
+    assert plan_of(single, spec_of(THREE, kubernetes_version=START)).allowed
+    five = spec_of({**THREE, "10.0.0.4": ALL, "10.0.0.5": ALL}, kubernetes_version=START)
+    assert plan_of(five, BASE).allowed and plan_of(BASE, five).allowed
+    # but never a member replaced in the same update, nor three at once
+    swapped = spec_of({"10.0.0.1": ALL, "10.0.0.2": ALL, "10.0.0.9": ALL}, kubernetes_version=START)
+    assert any("change one such node" in r for r in plan_of(BASE, swapped).refusals)
+    seven = spec_of({f"10.0.0.{i}": ALL for i in range(1, 8)}, kubernetes_version=START)
+    assert any("change one such node" in r for r in plan_of(single, seven).refusals)
 
 
 def test_versions_plugin_identity_and_phase():
