@@ -378,7 +378,7 @@ def test_operator_provisions_a_cluster_from_the_form_and_reads_its_artifact(ui, 
     page.get_by_placeholder("Search artifacts").fill(key)
     page.get_by_text(key, exact=True).click()
     page.wait_for_url(re.compile(rf"/artifacts/key/{key}$"))
-    assert page.get_by_text(re.compile(r"^READY: ")).first.is_visible()
+    page.get_by_text(re.compile(r"^READY: ")).first.wait_for()  # visible, within the timeout
     watch.snapshot(page, "artifact-key")
     page.get_by_role("link").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
     page.get_by_role("table").wait_for()
