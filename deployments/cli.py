@@ -21,6 +21,7 @@ import yaml
 
 from cluster_mgmt.preflight import HostKeyPolicy
 from deployments.cluster_commands import register as register_cluster_commands
+from deployments.etcd_commands import register as register_etcd_commands
 
 app = typer.Typer(
     help=(
@@ -304,6 +305,7 @@ def bootstrap(
 
 
 register_cluster_commands(app)
+register_etcd_commands(app)
 
 
 def main() -> None:

@@ -1,0 +1,92 @@
+"""Etcd snapshots: their names, and the record of those this service took (`snapshots.json`).
+
+rke keeps a snapshot as `/opt/rke/etcd-snapshots/<name>.zip` on every etcd node and its state
+as `/etc/kubernetes/<name>.rkestate`; it has no command that lists them. So every snapshot
+taken through the service is recorded in the cluster's `snapshots.json` (written atomically),
+which the cluster's artifact lists and a restore checks names against.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from cluster_mgmt.errors import RefusedError
+from cluster_mgmt.patterns import TextRule
+from cluster_mgmt.state import SNAPSHOTS, ClusterState
+from cluster_mgmt.state_files import load_json
+
+SNAPSHOT_NAME = TextRule(
+    r"(?![-A-Za-z0-9_.]*\.\.)(?![-A-Za-z0-9_.]*\.zip$)[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,118}[A-Za-z0-9])?",
+    120,
+    "use 1-120 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, "
+    "without '..' or a '.zip' ending (it names files on the etcd nodes: no '/')",
+)
+SnapshotName = SNAPSHOT_NAME.type("snapshot_name")
+MAX_RECORDS = 200  # the newest are kept; rke keeps the files until someone deletes them
+
+
+def default_snapshot_name(moment: datetime | None = None) -> str:
+    """`snapshot-<UTC stamp to the second>`, e.g. `snapshot-20261128T101500Z`."""
+    return f"snapshot-{(moment or datetime.now(UTC)):%Y%m%dT%H%M%SZ}"
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One snapshot taken through the service (secret-free)."""
+
+    name: str
+    taken_at: str  # ISO 8601, UTC
+    etcd_nodes: list[str]
+    flow_run_id: str
+
+    def row(self) -> dict[str, str]:
+        return {
+            "snapshot": self.name,
+            "taken at": self.taken_at,
+            "etcd nodes": ", ".join(self.etcd_nodes),
+            "flow run": self.flow_run_id,
+        }
+
+
+def read_snapshots(cluster: ClusterState) -> list[SnapshotRecord]:
+    """The recorded snapshots, oldest first ([] without a readable snapshots.json)."""
+    doc = load_json((cluster.read_text(SNAPSHOTS) or "").encode())
+    if not isinstance(doc, dict) or not isinstance(doc.get("snapshots"), list):
+        return []
+    records = []
+    for item in doc["snapshots"]:
+        try:
+            records.append(SnapshotRecord(**item))
+        except TypeError:
+            continue
+    return records
+
+
+def record_snapshot(cluster: ClusterState, record: SnapshotRecord) -> None:
+    """Add `record` to snapshots.json (atomically; the newest MAX_RECORDS are kept)."""
+    records = [r for r in read_snapshots(cluster) if r.name != record.name] + [record]
+    body = {"snapshots": [asdict(r) for r in records[-MAX_RECORDS:]]}
+    cluster.write_text(SNAPSHOTS, json.dumps(body, indent=2) + "\n")
+
+
+def check_new_name(cluster: ClusterState, name: str) -> None:
+    """RefusedError if the cluster already has a snapshot of that name (rke would overwrite)."""
+    if any(r.name == name for r in read_snapshots(cluster)):
+        raise RefusedError(
+            f"cluster {cluster.environment}/{cluster.name} already has a snapshot named {name}; "
+            "rke would overwrite it: choose another snapshot name"
+        )
+
+
+def check_known_name(cluster: ClusterState, name: str) -> None:
+    """RefusedError if `name` is not a snapshot recorded for the cluster, listing those that are."""
+    names = [r.name for r in read_snapshots(cluster)]
+    if name not in names:
+        recorded = ", ".join(names[-10:]) or "none"
+        raise RefusedError(
+            f"cluster {cluster.environment}/{cluster.name} has no recorded snapshot named "
+            f"{name} (newest recorded: {recorded}); pick a recorded one, or set "
+            "require_recorded to false to restore one of RKE's recurring snapshots by name"
+        )
