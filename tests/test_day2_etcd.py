@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,9 +17,12 @@ from kubernetes.client.rest import ApiException
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from typer.testing import CliRunner
 
 from cluster_mgmt.certificates import RotationInputError, check_services
 from cluster_mgmt.snapshots import SNAPSHOT_NAME, read_snapshots
+from deployments import cli
+from deployments.bootstrap import deployment_specs, schedules
 from flows.certificates import rotate_certificates
 from flows.etcd import restore_etcd, snapshot_etcd
 from tests.flowenv import Env, failure_message
@@ -230,3 +234,84 @@ def test_rotate_ca_reissues_the_customer_kubeconfig(env: Env):
         client.CoreV1Api(works).list_namespaced_config_map("customer")
     with api(old_customer) as stale, pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
         client.CoreV1Api(stale).list_namespaced_config_map("customer", _request_timeout=5)
+
+
+# --- CLI and deployments -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def started(monkeypatch) -> list:
+    """The runs the CLI would start (deployment, parameters), instead of starting them."""
+    runs: list = []
+    monkeypatch.setattr(cli, "start_run", lambda d, p, wait: runs.append((d, p)))
+    return runs
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rotate-certificates", "prod", "web", "--rotate-ca"],
+        ["rotate-certificates", "prod", "web", "--rotate-ca", "--confirm", "prod/other"],
+        ["rotate-certificates", "prod", "web", "--service", "kubeproxy"],
+        ["snapshot", "prod", "--snapshot-name", "a/b"],
+        ["restore", "prod", "web", "--snapshot-name", "../x"],
+    ],
+)
+def test_cli_refuses_bad_input_before_starting_a_run(started, args):
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+    assert started == []
+
+
+def test_cli_starts_the_deployments(started):
+    runner = CliRunner()
+    for args in (
+        ["rotate-certificates", "prod", "web", "--service", "etcd"],
+        ["rotate-certificates", "prod", "web", "--rotate-ca", "--confirm", "prod/web"],
+        ["snapshot", "prod"],
+        ["snapshot", "prod", "web", "--snapshot-name", "pre-upgrade"],
+        ["restore", "prod", "web", "--snapshot-name", "pre-upgrade", "--unrecorded"],
+    ):
+        assert runner.invoke(cli.app, args).exit_code == 0, args
+    assert started == [
+        (
+            "rotate-certificates/default",
+            {"environment": "prod", "name": "web", "services": ["etcd"]},
+        ),
+        (
+            "rotate-certificates/default",
+            {
+                "environment": "prod",
+                "name": "web",
+                "rotate_ca": True,
+                "confirm_rotate_ca": "prod/web",
+            },
+        ),
+        ("snapshot-etcd/default", {"environment": "prod"}),
+        (
+            "snapshot-etcd/default",
+            {"environment": "prod", "name": "web", "snapshot_name": "pre-upgrade"},
+        ),
+        (
+            "restore-etcd/default",
+            {
+                "environment": "prod",
+                "name": "web",
+                "snapshot_name": "pre-upgrade",
+                "require_recorded": False,
+            },
+        ),
+    ]
+
+
+def test_a_schedule_per_environment_as_documented():
+    """The commented example in prefect.yaml, uncommented, gives one schedule per environment."""
+    text = (Path(__file__).parent.parent / "deployments/prefect.yaml").read_text()
+    example = text.split("# schedules:\n", 1)[1].split("    work_pool:", 1)[0]
+    entries = yaml.safe_load(
+        "\n".join(line.replace("#", "", 1)[1:] for line in example.splitlines())
+    )
+    (spec,) = [s for s in deployment_specs() if s["entrypoint"] == "flows.etcd.snapshot_etcd"]
+    made = schedules({**spec, "schedules": entries})
+    assert [s.parameters for s in made] == [{"environment": "prod"}, {"environment": "staging"}]
+    assert [s.cron for s in made] == ["0 2 * * *", "0 3 * * *"]
