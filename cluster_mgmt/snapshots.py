@@ -3,16 +3,33 @@
 rke keeps a snapshot as `/opt/rke/etcd-snapshots/<name>.zip` on every etcd node and its state
 as `/etc/kubernetes/<name>.rkestate`; it has no command that lists them. So every snapshot
 taken through the service is recorded in the cluster's `snapshots.json` (written atomically),
-which the cluster's artifact lists and a restore checks names against.
+which the cluster's artifact lists and a restore checks names against. rke reports no size:
+it is read from each etcd node the way rke itself reads a snapshot back, `docker cp` out of the
+`etcd-rolling-snapshots` container (whose `/backup` is `/opt/rke/etcd-snapshots`), only the
+tar header.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+import paramiko
 
 from cluster_mgmt.errors import RefusedError
+from cluster_mgmt.hostkeys import (
+    HostKeyPolicy,
+    host_matches,
+    known_hosts_name,
+    load_private_key,
+    parse_known_hosts,
+    verify_host_key,
+)
 from cluster_mgmt.patterns import TextRule
 from cluster_mgmt.state import SNAPSHOTS, ClusterState
 from cluster_mgmt.state_files import load_json
@@ -40,11 +57,14 @@ class SnapshotRecord:
     taken_at: str  # ISO 8601, UTC
     etcd_nodes: list[str]
     flow_run_id: str
+    size_bytes: dict[str, int | None] | None = None  # per etcd node; None: not read
 
     def row(self) -> dict[str, str]:
+        sizes = sorted({s for s in (self.size_bytes or {}).values() if s is not None})
         return {
             "snapshot": self.name,
             "taken at": self.taken_at,
+            "size": " / ".join(f"{s:,} B" for s in sizes) or "unknown",
             "etcd nodes": ", ".join(self.etcd_nodes),
             "flow run": self.flow_run_id,
         }
@@ -90,3 +110,67 @@ def check_known_name(cluster: ClusterState, name: str) -> None:
             f"{name} (newest recorded: {recorded}); pick a recorded one, or set "
             "require_recorded to false to restore one of RKE's recurring snapshots by name"
         )
+
+
+class _KnownHostsOnly(paramiko.MissingHostKeyPolicy):
+    """Accept a node's host key only if known_hosts trusts it (the service's own rules)."""
+
+    def __init__(self, address: str, port: int, trusted: list[Any]) -> None:
+        self.address, self.port = address, port
+        name = known_hosts_name(address, port)
+        self.known = [k for k in trusted if host_matches(k.patterns, name)]
+
+    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        verify_host_key(self.address, self.port, key, self.known, HostKeyPolicy.REJECT)
+
+
+def snapshot_size(
+    address: str,
+    port: int,
+    user: str,
+    name: str,
+    pkey: paramiko.PKey,
+    trusted: list[Any],
+    timeout: float = 10.0,
+) -> int | None:
+    """Size in bytes of snapshot `name` on one etcd node; None if it cannot be read there."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_KnownHostsOnly(address, port, trusted))
+    try:
+        client.connect(
+            address,
+            port,
+            user,
+            pkey=pkey,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            look_for_keys=False,
+            allow_agent=False,
+        )
+        source = shlex.quote(f"etcd-rolling-snapshots:/backup/{name}.zip")
+        _, stdout, _ = client.exec_command(f"docker cp {source} -", timeout=timeout)
+        with tarfile.open(fileobj=stdout, mode="r|") as archive:
+            member = archive.next()
+        return member.size if member is not None and member.isfile() else None
+    except Exception:  # noqa: BLE001 - a size is informative; never fail a snapshot for it
+        return None
+    finally:
+        client.close()
+
+
+def snapshot_sizes(
+    nodes: list[tuple[str, int, str]],
+    name: str,
+    private_key: str,
+    known_hosts: str,
+    timeout: float = 10.0,
+) -> dict[str, int | None]:
+    """Size of snapshot `name` on each etcd node `(address, port, user)`, concurrently."""
+    pkey = load_private_key(private_key)
+    trusted = parse_known_hosts(known_hosts)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(nodes), 16))) as pool:
+        sizes = pool.map(
+            lambda n: snapshot_size(n[0], n[1], n[2], name, pkey, trusted, timeout), nodes
+        )
+        return dict(zip((n[0] for n in nodes), sizes, strict=True))

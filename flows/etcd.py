@@ -40,6 +40,7 @@ from flows.operation import (
 )
 from tasks.reporting import emit_event_for, update_cluster_artifact
 from tasks.rke import run_rke
+from tasks.snapshots import read_snapshot_sizes
 
 
 class SnapshotFailedError(RefusedError):
@@ -182,10 +183,14 @@ def _snapshot_one(
             update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
             raise SnapshotFailedError(f"{outcome.summary}; fix the cause and take it again")
         verify_host_keys(settings, cluster, targets, "rke etcd snapshot-save")
-        record_snapshot(
-            cluster,
-            SnapshotRecord(snapshot_name, taken_at, etcd_addresses(config), run_id),
+        etcd = etcd_addresses(config)
+        sizes = read_snapshot_sizes(
+            [t for t in targets if t.address in etcd],
+            snapshot_name,
+            settings.access,
+            cluster.read_text("known_hosts") or "",
         )
+        record_snapshot(cluster, SnapshotRecord(snapshot_name, taken_at, etcd, run_id, sizes))
         message = f"snapshot {snapshot_name} taken: {outcome.summary}"
         phase = status.phase if status else Phase.READY
         cluster.write_status(phase, Operation.SNAPSHOT_ETCD, run_id, message)

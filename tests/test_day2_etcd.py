@@ -154,8 +154,12 @@ def test_snapshot_then_restore_brings_etcd_back(env: Env):
     assert state.is_completed(), failure_message(state)
     (record,) = [r for r in read_snapshots(env.cluster) if r.name == "before-change"]
     assert record.etcd_nodes == [env.lab.nodes[0].address] and record.taken_at
-    assert (env.lab.nodes[0].root / "opt/rke/etcd-snapshots/before-change.zip").is_file()
-    assert "| before-change |" in latest_artifact(env)
+    zipped = env.lab.nodes[0].root / "opt/rke/etcd-snapshots/before-change.zip"
+    assert record.size_bytes == {env.lab.nodes[0].address: zipped.stat().st_size}
+    assert (
+        f"| before-change | {record.taken_at} | {zipped.stat().st_size:,} B |"
+        in latest_artifact(env)
+    )
     assert env.cluster.path("snapshots.json").stat().st_mode & 0o777 == 0o600
 
     again = snapshot(env, name=env.name, snapshot_name="before-change")
