@@ -91,12 +91,15 @@ def rotate_certificates(
     settings = load_settings(ssh_access, state_volume, rke_settings)
     volume = settings.volume
     parameters = {"services": services, "rotate_ca": rotate_ca}
-    maintenance_policy(policy, volume, environment, name, Operation.ROTATE_CERTIFICATES, parameters)
+    decision = maintenance_policy(
+        policy, volume, environment, name, Operation.ROTATE_CERTIFICATES, parameters
+    )
     volume.check_usable()
     run_id = current_run_id()
     what = "the CA and all certificates" if rotate_ca else ", ".join(services) or "all services"
 
     with cluster_operation(volume, environment, name, Operation.ROTATE_CERTIFICATES) as cluster:
+        cluster.record_decision(Operation.ROTATE_CERTIFICATES, decision.to_dict())
         config_text, config = recorded_config(cluster)
         require_state(cluster, "rotate the certificates of")
         before = read_expiries(cluster.read_text(RKESTATE))

@@ -10,6 +10,7 @@ from prefect.states import Completed, State
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.phases import Operation, Phase
+from cluster_mgmt.redact import redact
 from cluster_mgmt.snapshots import (
     SnapshotName,
     SnapshotRecord,
@@ -105,14 +106,15 @@ def snapshot_etcd(
                 each,
                 _snapshot_one(settings, policy, environment, each, snapshot_name, sweep=True),
             )
-        except ClusterMgmtError as exc:
-            failed[each] = str(exc)
-            logger.error("%s/%s: %s", environment, each, exc)
+        except Exception as exc:  # noqa: BLE001 - one cluster's trouble never stops the others
+            reason = redact(str(exc) if isinstance(exc, ClusterMgmtError) else repr(exc))
+            failed[each] = reason
+            logger.error("%s/%s: %s", environment, each, reason)
             emit_event_for(
                 environment,
                 each,
                 "cluster.operation.failed",
-                {"operation": "snapshot-etcd", "message": str(exc)},
+                {"operation": "snapshot-etcd", "message": reason},
             )
     if failed:
         listed = "; ".join(f"{n}: {m}" for n, m in failed.items())
@@ -157,12 +159,13 @@ def _snapshot_one(
 ) -> str:
     """Policy, lock, checks, `rke etcd snapshot-save`, record; a one-line summary."""
     volume = settings.volume
-    maintenance_policy(
+    decision = maintenance_policy(
         policy, volume, environment, name, Operation.SNAPSHOT_ETCD, {"snapshot_name": snapshot_name}
     )
     volume.check_usable()
     run_id = current_run_id()
     with cluster_operation(volume, environment, name, Operation.SNAPSHOT_ETCD) as cluster:
+        cluster.record_decision(Operation.SNAPSHOT_ETCD, decision.to_dict())
         status = cluster.read_status()
         if sweep and (status is None or status.phase != Phase.READY):
             return f"skipped: no longer READY ({status.phase if status else 'no status'})"
@@ -231,12 +234,13 @@ def restore_etcd(
     logger = get_run_logger()
     settings = load_settings(ssh_access, state_volume, rke_settings)
     volume = settings.volume
-    maintenance_policy(
+    decision = maintenance_policy(
         policy, volume, environment, name, Operation.RESTORE_ETCD, {"snapshot_name": snapshot_name}
     )
     volume.check_usable()
     run_id = current_run_id()
     with cluster_operation(volume, environment, name, Operation.RESTORE_ETCD) as cluster:
+        cluster.record_decision(Operation.RESTORE_ETCD, decision.to_dict())
         config_text, config = recorded_config(cluster)
         require_state(cluster, "restore etcd of")
         if require_recorded:

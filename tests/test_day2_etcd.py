@@ -173,6 +173,8 @@ def test_snapshot_then_restore_brings_etcd_back(env: Env):
     state = restore(env, "before-change")
     assert state.is_completed(), failure_message(state)
     assert state.result()["phase"] == "READY"
+    for operation in ("snapshot-etcd", "restore-etcd"):  # allowed decisions are kept too
+        assert list(env.cluster.history_dir.glob(f"*-{operation}-policy")), operation
     phases = [a.metadata_["phase"] for a in artifact_versions(env)]
     assert "UPDATING" in phases and "CONFIGURING" in phases
     with api(env.cluster.read_text("kube_config_cluster.yml")) as admin:
