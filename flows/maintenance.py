@@ -15,14 +15,12 @@ from prefect import get_run_logger
 from cluster_mgmt.errors import RefusedError
 from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation
-from cluster_mgmt.policy import Decision
+from cluster_mgmt.policy import MAINTENANCE, Decision
 from cluster_mgmt.preflight import NodeTarget, PreflightReport
 from cluster_mgmt.state import CLUSTER_YML, RKESTATE, ClusterState, StateVolume
 from cluster_mgmt.state_files import is_rkestate
 from flows.operation import Settings, check_policy
 from tasks.preflight import check_nodes
-
-MAINTENANCE = "rke-cluster-maintenance"
 
 
 def maintenance_policy(

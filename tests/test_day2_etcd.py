@@ -17,14 +17,17 @@ from kubernetes.client.rest import ApiException
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from blocks import PolicyService as PolicyBlock
 from cluster_mgmt.certificates import RotationInputError, check_services
 from cluster_mgmt.snapshots import SNAPSHOT_NAME, read_snapshots
 from deployments import cli
 from deployments.bootstrap import deployment_specs, schedules
 from flows.certificates import rotate_certificates
 from flows.etcd import restore_etcd, snapshot_etcd
+from lab.policy_service import PolicyService
 from tests.flowenv import Env, failure_message
 
 LAB_FIRST_ADDRESS = 200  # nodes 127.0.0.200-202; the cluster's API on 127.0.0.200:6443
@@ -138,6 +141,29 @@ def test_refusals_touch_no_node(env: Env):
 
     assert env.logins() == before_logins
     assert env.cluster.read_status().phase == phase  # a refusal keeps the phase
+
+
+def test_a_policy_denial_touches_no_node(env: Env, tmp_path):
+    token = "policy-token-" + env.tag * 3
+    with PolicyService(tmp_path, token) as service:
+        service.set_mode("deny")
+        PolicyBlock(url=service.url, token=SecretStr(token), ca_bundle=service.ca_pem).save(
+            f"deny-{env.tag}", overwrite=True
+        )
+        denied = {**blocks(env), "policy": f"deny-{env.tag}"}
+        before = env.logins()
+        for operation, state in (
+            (
+                "rotate-certificates",
+                rotate_certificates("test", env.name, **denied, return_state=True),
+            ),
+            ("snapshot-etcd", snapshot_etcd("test", env.name, **denied, return_state=True)),
+            ("restore-etcd", restore_etcd("test", env.name, "x", **denied, return_state=True)),
+        ):
+            assert state.is_failed() and "policy denied" in failure_message(state), operation
+            assert list(env.cluster.history_dir.glob(f"*-{operation}-policy")), operation
+        assert service.requests == 3
+    assert env.logins() == before
 
 
 def test_service_names_are_rke_s():
