@@ -166,10 +166,8 @@ def _iso(moment: datetime) -> str:
 # -- certificates (no network) -----------------------------------------------------------------
 
 
-def certificate_findings(
-    rkestate: bytes, now: datetime, warning_days: int
-) -> tuple[datetime | None, list[str]]:
-    """The first certificate expiry in an rkestate and reasons for those expired or expiring.
+def certificate_expiries(rkestate: bytes) -> dict[str, datetime | None]:
+    """Each certificate's end of validity in an rkestate, by name (None: it cannot be read).
 
     The current state's bundle is what the nodes run; the desired state's is used only when
     there is no current one. ValueError if the file holds no readable certificate bundle.
@@ -185,9 +183,7 @@ def certificate_findings(
             break
     if not bundle:
         raise ValueError("cluster.rkestate holds no certificatesBundle")
-    first: datetime | None = None
-    reasons = []
-    horizon = now + timedelta(days=warning_days)
+    expiries: dict[str, datetime | None] = {}
     for name in sorted(bundle):
         entry = bundle[name]
         pem = entry.get("certificatePEM") if isinstance(entry, dict) else None
@@ -196,10 +192,26 @@ def certificate_findings(
         with warnings.catch_warnings():  # RKE's CA has serial number 0
             warnings.simplefilter("ignore")
             try:
-                end = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+                expiries[name] = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
             except ValueError:
-                reasons.append(f"certificate {name} in cluster.rkestate cannot be read")
-                continue
+                expiries[name] = None
+    return expiries
+
+
+def certificate_findings(
+    rkestate: bytes, now: datetime, warning_days: int
+) -> tuple[datetime | None, list[str]]:
+    """The first certificate expiry in an rkestate and reasons for those expired or expiring.
+
+    ValueError if the file holds no readable certificate bundle (see certificate_expiries).
+    """
+    first: datetime | None = None
+    reasons = []
+    horizon = now + timedelta(days=warning_days)
+    for name, end in certificate_expiries(rkestate).items():
+        if end is None:
+            reasons.append(f"certificate {name} in cluster.rkestate cannot be read")
+            continue
         first = end if first is None or end < first else first
         if end <= now:
             reasons.append(f"certificate {name} expired on {end:%Y-%m-%d} (checked {now:%Y-%m-%d})")

@@ -67,7 +67,17 @@ CUSTOMER_KUBECONFIG = "customer_kube_config.yml"
 KNOWN_HOSTS = "known_hosts"
 STATUS = "status.json"
 HEALTH = "health.json"
-FILES = (CLUSTER_YML, RKESTATE, KUBECONFIG, CUSTOMER_KUBECONFIG, KNOWN_HOSTS, STATUS, HEALTH)
+SNAPSHOTS = "snapshots.json"  # etcd snapshots taken through the service (cluster_mgmt.snapshots)
+FILES = (
+    CLUSTER_YML,
+    RKESTATE,
+    KUBECONFIG,
+    CUSTOMER_KUBECONFIG,
+    KNOWN_HOSTS,
+    STATUS,
+    HEALTH,
+    SNAPSHOTS,
+)
 RKE_FILES = (RKESTATE, KUBECONFIG, CLUSTER_YML)  # staged for RKE; promoted in this order
 RESOURCES = "resources"
 HISTORY = "history"
@@ -85,8 +95,8 @@ STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 _STAGING = re.compile(rf"{re.escape(STAGING_PREFIX)}{_STAMP}-({_LABEL})")
 POLICY_SUFFIX = "-policy"
 POLICY_DECISION = "policy-decision.json"
-UNSNAPSHOTTED = (STATUS, HEALTH)
-RECOVER_FLOW = "recover-cluster-state"  # what changes without the cluster's state changing
+UNSNAPSHOTTED = (STATUS, HEALTH, SNAPSHOTS)  # what changes without the cluster's state changing
+RECOVER_FLOW = "recover-cluster-state"
 
 
 class ClusterNotFoundError(StateError):

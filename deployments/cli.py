@@ -22,6 +22,7 @@ import yaml
 from cluster_mgmt.preflight import HostKeyPolicy
 from deployments.backup_commands import register as register_backup_commands
 from deployments.cluster_commands import register as register_cluster_commands
+from deployments.etcd_commands import register as register_etcd_commands
 from deployments.recover_commands import register as register_recover_commands
 from deployments.update_commands import register as register_update_commands
 
@@ -318,6 +319,7 @@ register_cluster_commands(app)
 register_recover_commands(app)
 register_backup_commands(app)
 register_update_commands(app)
+register_etcd_commands(app)
 
 
 def main() -> None:

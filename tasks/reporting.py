@@ -17,9 +17,11 @@ from cluster_mgmt.identity import ClusterId
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.policy import Decision
 from cluster_mgmt.redact import redact
+from cluster_mgmt.snapshots import read_snapshots
 from cluster_mgmt.state import ClusterState
 
 FINGERPRINT_CHARS = 12
+SNAPSHOTS_SHOWN = 20
 
 
 def resource(environment: str, name: str) -> dict[str, str]:
@@ -42,7 +44,8 @@ def emit_cluster_event(cluster: ClusterState, event: str, payload: dict[str, Any
     emit_event_for(cluster.environment, cluster.name, event, payload)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows (dicts with the same keys) as a markdown table; "" for no rows."""
     if not rows:
         return ""
     headers = list(rows[0])
@@ -62,7 +65,7 @@ def _short(fingerprint: str) -> str:
 def _nodes_section(nodes: list[dict[str, Any]]) -> list[str]:
     rows = [{**n, "host_key": _short(str(n.get("host_key", "")))} for n in nodes]
     keys = [f"- `{n['node']}`: {n['host_key']}" for n in nodes if n.get("host_key")]
-    return ["", "## Nodes", _table(rows), *(["", "Host keys:", *keys] if keys else [])]
+    return ["", "## Nodes", markdown_table(rows), *(["", "Host keys:", *keys] if keys else [])]
 
 
 def one_line_status(cluster: ClusterState) -> str:
@@ -101,6 +104,10 @@ def update_cluster_artifact(
     resources = cluster.resource_names()
     if resources:
         parts += ["", "## Managed resources", *(f"- `{r}`" for r in resources)]
+    snapshots = read_snapshots(cluster)[-SNAPSHOTS_SHOWN:]
+    if snapshots:
+        rows = [s.row() for s in reversed(snapshots)]
+        parts += ["", "## Etcd snapshots (newest first)", markdown_table(rows)]
     task_run_id, flow_run_id = get_task_and_flow_run_ids()
     metadata = {
         "phase": str(status.phase) if status else "",
