@@ -18,6 +18,7 @@ from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import SecretStr
 
 from blocks import AwsCredentials, ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
+from cluster_mgmt.identity import ENVIRONMENT
 from cluster_mgmt.preflight import load_private_key
 from cluster_mgmt.state import StateVolume
 from cluster_mgmt.volume_marker import read_marker
@@ -179,16 +180,48 @@ def schedules(spec: dict) -> list[Schedule] | None:
     return made
 
 
-def _apply_deployments(pool_name: str, report: BootstrapReport) -> None:
+SNAPSHOT_FLOW = "flows.etcd.snapshot_etcd"
+
+
+def snapshot_schedules(crons: dict[str, str]) -> list[Schedule]:
+    """One UTC cron schedule of snapshot-etcd per environment (`{env: cron}`), each snapshotting
+    every READY cluster of its environment; ValueError naming a bad environment or cron."""
+    made = []
+    for environment, cron in sorted(crons.items()):
+        ENVIRONMENT.check(environment, "snapshot schedule environment")
+        try:
+            schedule = Cron(cron, timezone="UTC", slug=f"snapshot-{environment}")
+        except ValueError:
+            raise ValueError(
+                f"snapshot schedule for {environment}: {cron!r} is not a cron expression "
+                "(five fields, such as '0 2 * * *')"
+            ) from None
+        made.append(
+            Cron(
+                schedule.cron,
+                timezone="UTC",
+                slug=schedule.slug,
+                parameters={"environment": environment},
+            )
+        )
+    return made
+
+
+def _apply_deployments(
+    pool_name: str, report: BootstrapReport, extra: dict[str, list[Schedule]] | None = None
+) -> None:
+    """Apply prefect.yaml's deployments; `extra` adds schedules by entrypoint."""
+    extra = extra or {}
     for spec in deployment_specs():
         flow = load_flow(spec["entrypoint"])
         pool = spec.get("work_pool") or {}
+        added = extra.get(spec["entrypoint"], [])
         deployment = flow.to_deployment(
             name=spec["name"],
             description=spec.get("description"),
             tags=spec.get("tags"),
             parameters=spec.get("parameters") or {},
-            schedules=schedules(spec),
+            schedules=[*(schedules(spec) or []), *added] or None,
             work_pool_name=pool_name,
             work_queue_name=pool.get("work_queue_name"),
             job_variables=pool.get("job_variables") or {},
@@ -242,8 +275,10 @@ def bootstrap(
     pool_type: str = "process",
     overwrite_blocks: bool = False,
     notification_block: str | None = None,
+    snapshot_crons: dict[str, str] | None = None,
 ) -> BootstrapReport:
     """Register block types, create missing default blocks and the work pool, apply deployments
+    (snapshot-etcd with one schedule per environment of `snapshot_crons`, `{env: cron}` in UTC)
     and, given a notification block, the alerting automations.
 
     Existing blocks are kept (operators may have changed them in the UI) unless
@@ -251,9 +286,10 @@ def bootstrap(
     """
     if values.ssh_private_key:
         load_private_key(values.ssh_private_key)  # says what is wrong, never echoes the key
+    extra = {SNAPSHOT_FLOW: snapshot_schedules(snapshot_crons or {})}  # checked before changes
     report = BootstrapReport()
     _ensure_blocks(values, report, overwrite_blocks)
     _ensure_work_pool(pool_name, pool_type, report)
-    _apply_deployments(pool_name, report)
+    _apply_deployments(pool_name, report, extra)
     apply_automations(notification_block, report)
     return report

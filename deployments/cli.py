@@ -275,6 +275,15 @@ def bootstrap(
             "health alert automation sends through; without one no automation is applied.",
         ),
     ] = None,
+    snapshot_schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ENV=CRON (UTC), repeatable: snapshot-etcd takes a snapshot of every READY "
+            "cluster of ENV on that schedule, e.g. --snapshot-schedule 'prod=0 2 * * *'. "
+            "Given, they replace the deployment's schedules; a bootstrap without this "
+            "option keeps the schedules it has (also those added in the UI).",
+        ),
+    ] = None,
 ) -> None:
     """Register block types, default blocks, the work pool and the deployments (idempotent).
 
@@ -287,6 +296,12 @@ def bootstrap(
     from deployments.bootstrap import bootstrap as run_bootstrap
     from deployments.client import USAGE, api
 
+    crons: dict[str, str] = {}
+    for item in snapshot_schedule or []:
+        environment, sep, cron = item.partition("=")
+        if not sep or not cron.strip():
+            raise _fail(f"--snapshot-schedule {item!r}: give ENV=CRON, e.g. 'prod=0 2 * * *'", 2)
+        crons[environment.strip()] = cron.strip()
     values = BlockValues(
         state_root=state_root,
         ssh_user=ssh_user,
@@ -303,12 +318,15 @@ def bootstrap(
                 pool_name=pool,
                 pool_type=pool_type,
                 notification_block=notification_block,
+                snapshot_crons=crons,
             )
         except PreflightError as exc:
             raise _fail(f"--ssh-key-file: {exc}", USAGE) from None
         except ValidationError as exc:
             problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
             raise _fail(f"bad block value: {problems}", USAGE) from None
+        except ValueError as exc:  # a bad snapshot schedule or notification block
+            raise _fail(str(exc), USAGE) from None
     for item in report.created:
         typer.echo(f"created  {item}")
     for item in report.kept:

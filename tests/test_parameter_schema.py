@@ -4,10 +4,13 @@ rules, the Prefect server enforces them before a flow run exists, and they agree
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -22,11 +25,13 @@ from cluster_mgmt.identity import ENVIRONMENT, NAME
 from cluster_mgmt.patterns import TextRule
 from cluster_mgmt.spec import ADDRESS_SCHEMA, ClusterSpec
 from deployments.bootstrap import (
+    SNAPSHOT_FLOW,
     BootstrapReport,
     _apply_deployments,
     _ensure_work_pool,
     deployment_specs,
     load_flow,
+    snapshot_schedules,
 )
 from flows.provision import provision_cluster
 from flows.teardown import teardown_cluster
@@ -322,3 +327,46 @@ def test_every_flow_has_exactly_one_deployment():
         if isinstance(value, Flow) and value.__module__ == module.name
     }
     assert found and declared == dict.fromkeys(found, 1)
+
+
+def test_bootstrap_gives_snapshot_etcd_one_schedule_per_environment(deployed):
+    crons = {"prod": "0 2 * * *", "staging": "15 3 * * 1-5"}
+    pool = f"snap-{uuid.uuid4().hex[:6]}"
+    _ensure_work_pool(pool, "process", BootstrapReport())
+    _apply_deployments(pool, BootstrapReport(), {SNAPSHOT_FLOW: snapshot_schedules(crons)})
+    # kept by a later bootstrap without them (nor schedules added in the UI)
+    try:
+        _apply_deployments(pool, BootstrapReport())  # a later bootstrap without the option
+        deployment = deployed.read_deployment_by_name("snapshot-etcd/default")
+        made = sorted(deployment.schedules, key=lambda s: s.parameters["environment"])
+        assert [(s.parameters, s.schedule.cron, s.schedule.timezone) for s in made] == [
+            ({"environment": "prod"}, "0 2 * * *", "UTC"),
+            ({"environment": "staging"}, "15 3 * * 1-5", "UTC"),
+        ]
+    finally:
+        deployment = deployed.read_deployment_by_name("snapshot-etcd/default")
+        for schedule in deployment.schedules:
+            deployed.delete_deployment_schedule(deployment.id, schedule.id)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("prod", "give ENV=CRON"),
+        ("Prod=0 2 * * *", "snapshot schedule environment 'Prod' is not valid"),
+        ("prod=every day", "'every day' is not a cron expression"),
+    ],
+)
+def test_bootstrap_refuses_a_bad_snapshot_schedule_before_any_change(item, message):
+    cli = str(Path(sys.executable).parent / "cluster-mgmt")
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # never reached
+    done = subprocess.run(
+        [cli, "bootstrap", "--snapshot-schedule", item],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
