@@ -492,7 +492,11 @@ def test_untrusted_certificate_is_a_clear_tls_error(lab) -> None:
     assert "TLS verification" in str(error) and lab.requests == 0
 
 
-@pytest.mark.parametrize(("token", "code"), [("wrong-" + secrets.token_hex(8), 403), (TOKEN, 401)])
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [("wrong-" + secrets.token_hex(8), 403), (TOKEN, 401)],
+    ids=["wrong-token-403", "lab-token-401"],  # stable ids: the tokens are random
+)
 def test_rejected_token_is_not_retried(lab, token: str, code: int) -> None:
     if code == 401:
         lab.set_mode("status", code=401)  # e.g. an expired token
