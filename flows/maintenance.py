@@ -13,14 +13,18 @@ import yaml
 from prefect import get_run_logger
 
 from cluster_mgmt.errors import RefusedError
-from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation
 from cluster_mgmt.policy import MAINTENANCE, Decision
 from cluster_mgmt.preflight import NodeTarget, PreflightReport
 from cluster_mgmt.state import CLUSTER_YML, RKESTATE, ClusterState, StateVolume
 from cluster_mgmt.state_files import is_rkestate
-from flows.operation import Settings, check_policy
-from tasks.preflight import check_nodes
+from flows.operation import (
+    Settings,
+    check_policy,
+    node_targets,
+    preflight_failure,
+    preflight_nodes,
+)
 
 
 def maintenance_policy(
@@ -66,14 +70,6 @@ def require_state(cluster: ClusterState, what: str) -> None:
     )
 
 
-def node_targets(config: dict[str, Any], default_user: str) -> list[NodeTarget]:
-    """Where and as whom to log in to each node of a cluster.yml."""
-    return [
-        NodeTarget(n["address"], int(n.get("port", 22)), n.get("user") or default_user)
-        for n in config["nodes"]
-    ]
-
-
 def etcd_addresses(config: dict[str, Any]) -> list[str]:
     """The etcd nodes' addresses in a cluster.yml."""
     return [n["address"] for n in config["nodes"] if "etcd" in (n.get("role") or [])]
@@ -90,23 +86,12 @@ def check_cluster_nodes(
     the nodes that failed. `unreachable_ok`: a node that does not answer is only a warning."""
     logger = get_run_logger()
     targets = node_targets(config, settings.access.user)
-    policy_used, why = host_key_policy(cluster, settings.access.policy)
-    if why:
-        logger.warning("%s", why)
-    report = check_nodes(
-        targets,
-        settings.access.model_copy(update={"host_key_policy": policy_used.value}),
-        cluster.read_text("known_hosts") or "",
-        config.get("kubernetes_version", ""),
-        ignore_docker_version=settings.rke.ignore_docker_version,
-        retry_unreachable=False,
+    report, why = preflight_nodes(
+        settings, cluster, targets, config.get("kubernetes_version", ""), retry_unreachable=False
     )
     refused = [n for n in report.failures if n.reachable or not unreachable_ok]
     if refused:
-        reasons = "; ".join(f"{n.address}: {n.error}" for n in refused)
-        raise RefusedError(
-            f"preflight failed, no node was changed: {reasons}" + (f" ({why})" if why else "")
-        )
+        raise RefusedError(preflight_failure(refused, why))
     for node in report.failures:
         logger.warning("Node %s is unreachable; rke will skip it: %s", node.address, node.error)
     return targets, report

@@ -18,14 +18,21 @@ from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
 from cluster_mgmt.driver import RkeDriver
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision, PolicyDeniedError
-from cluster_mgmt.preflight import HostKeyPolicy, NodeTarget, load_private_key
+from cluster_mgmt.preflight import (
+    HostKeyPolicy,
+    NodeReport,
+    NodeTarget,
+    PreflightReport,
+    load_private_key,
+)
 from cluster_mgmt.redact import RedactingFilter, redact, register_secret
 from cluster_mgmt.state import ClusterNotFoundError, ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
 from tasks.policy import validate_policy
-from tasks.preflight import check_nodes
+from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_event_for, update_cluster_artifact
 
 P = ParamSpec("P")
@@ -169,6 +176,50 @@ def cluster_operation(
                 except Exception as status_error:  # noqa: BLE001 - never hide the first error
                     get_run_logger().error("could not record FAILED: %s", status_error)
                 raise
+
+
+def node_targets(config: dict[str, Any], default_user: str) -> list[NodeTarget]:
+    """Where and as whom to log in to each node of a cluster.yml (as rendered or as run)."""
+    return [
+        NodeTarget(n["address"], int(n.get("port", 22)), n.get("user") or default_user)
+        for n in config["nodes"]
+    ]
+
+
+def preflight_nodes(
+    settings: Settings,
+    cluster: ClusterState,
+    targets: list[NodeTarget],
+    kubernetes_version: str,
+    *,
+    retry_unreachable: bool = True,
+) -> tuple[PreflightReport, str | None]:
+    """ssh-preflight of `targets` under the cluster's host-key policy (`accept-new` falls back
+    to `reject` for a cluster that existed and lost its known_hosts); the host keys accepted
+    are recorded. Returns the report and why the policy was tightened, if it was."""
+    policy_used, why = host_key_policy(cluster, settings.access.policy)
+    if why:
+        get_run_logger().warning("%s", why)
+    access = settings.access.model_copy(update={"host_key_policy": policy_used.value})
+    try:
+        report = check_nodes(
+            targets,
+            access,
+            cluster.read_text("known_hosts") or "",
+            kubernetes_version,
+            settings.rke.ignore_docker_version,
+            retry_unreachable=retry_unreachable,
+        )
+    except NodesUnreachableError as exc:  # still unreachable after the retry
+        report = exc.report
+    cluster.append_known_hosts(report.accepted_host_keys)
+    return report, why
+
+
+def preflight_failure(failures: list[NodeReport], why: str | None) -> str:
+    """The one-line refusal for nodes that failed their preflight."""
+    reasons = "; ".join(f"{n.address}: {n.error}" for n in failures)
+    return f"preflight failed, no node was changed: {reasons}" + (f" ({why})" if why else "")
 
 
 def verify_host_keys(

@@ -7,9 +7,8 @@ from prefect.states import State
 
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
-from cluster_mgmt.operations import ProvisionStep, host_key_policy, provision_step
+from cluster_mgmt.operations import ProvisionStep, provision_step
 from cluster_mgmt.phases import Operation, Phase
-from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
 from flows.configure import configure
@@ -20,18 +19,15 @@ from flows.operation import (
     expected_failures,
     finished,
     load_settings,
+    node_targets,
+    preflight_failure,
+    preflight_nodes,
     report_failure,
     verify_host_keys,
 )
 from tasks.health import check_cluster_health
-from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import api_witness, emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
-
-
-def node_targets(spec: ClusterSpec, default_user: str) -> list[NodeTarget]:
-    """Where and as whom to log in to each node of `spec`."""
-    return [NodeTarget(n.address, n.port, n.user or default_user) for n in spec.nodes or []]
 
 
 class ProvisionError(ClusterMgmtError):
@@ -80,7 +76,7 @@ def provision_cluster(
     config = render_cluster_config(spec, ssh_user=settings.access.user)
     spec_hash = spec.spec_hash()
     run_id = current_run_id()
-    targets = node_targets(spec, settings.access.user)
+    targets = node_targets(config, settings.access.user)
     witness = api_witness(spec.environment, spec.name)
 
     with cluster_operation(
@@ -97,27 +93,10 @@ def provision_cluster(
         )
         update_cluster_artifact(cluster)
 
-        policy_used, why = host_key_policy(cluster, settings.access.policy)
-        if why:
-            logger.warning("%s", why)
-        access = settings.access.model_copy(update={"host_key_policy": policy_used.value})
-        try:
-            report = check_nodes(
-                targets,
-                access,
-                cluster.read_text("known_hosts") or "",
-                spec.kubernetes_version,
-                settings.rke.ignore_docker_version,
-            )
-        except NodesUnreachableError as exc:
-            report = exc.report
-        cluster.append_known_hosts(report.accepted_host_keys)
+        report, why = preflight_nodes(settings, cluster, targets, spec.kubernetes_version)
         if not report.ok:
             update_cluster_artifact(cluster, nodes=report.rows())
-            reasons = "; ".join(f"{n.address}: {n.error}" for n in report.failures)
-            raise ProvisionError(
-                f"preflight failed, no node was changed: {reasons}" + (f" ({why})" if why else "")
-            )
+            raise ProvisionError(preflight_failure(report.failures, why))
 
         cluster.write_status(
             Phase.PROVISIONING, Operation.PROVISION, run_id, "running rke up", spec_hash

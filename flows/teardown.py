@@ -17,10 +17,8 @@ from cluster_mgmt.leftovers import (
     summary,
     verification_document,
 )
-from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision
-from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.spec import ClusterName, Environment
 from cluster_mgmt.state import ClusterNotFoundError, ClusterState, Status
 from flows.operation import (
@@ -31,25 +29,20 @@ from flows.operation import (
     expected_failures,
     finished,
     load_settings,
+    node_targets,
+    preflight_nodes,
     report_failure,
     verify_host_keys,
 )
 from tasks.kube import delete_customer_kubeconfig
 from tasks.locks import remove_cluster_lock
-from tasks.preflight import check_nodes, find_leftovers
+from tasks.preflight import find_leftovers
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
 
 
 class TeardownError(ClusterMgmtError):
     """Teardown stopped; the message says why and what to do."""
-
-
-def _targets(config: dict, default_user: str) -> list[NodeTarget]:
-    return [
-        NodeTarget(n["address"], int(n.get("port", 22)), n.get("user") or default_user)
-        for n in config["nodes"]
-    ]
 
 
 @flow(name="teardown-cluster", on_failure=[report_failure])
@@ -112,17 +105,9 @@ def _remove(
         )
     cluster.record_decision(Operation.TEARDOWN, decision.to_dict())
     config = yaml.safe_load(config_text)
-    targets = _targets(config, settings.access.user)
-    policy_used, why = host_key_policy(cluster, settings.access.policy)
-    if why:
-        logger.warning("%s", why)
-    report = check_nodes(
-        targets,
-        settings.access.model_copy(update={"host_key_policy": policy_used.value}),
-        cluster.read_text("known_hosts") or "",
-        config.get("kubernetes_version", ""),
-        ignore_docker_version=settings.rke.ignore_docker_version,
-        retry_unreachable=False,
+    targets = node_targets(config, settings.access.user)
+    report, why = preflight_nodes(
+        settings, cluster, targets, config.get("kubernetes_version", ""), retry_unreachable=False
     )
     refused = [n for n in report.failures if n.reachable]
     if refused:

@@ -6,7 +6,6 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
-from cluster_mgmt.operations import host_key_policy
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.rke_config import dump_cluster_config
 from cluster_mgmt.spec import ClusterSpec
@@ -19,12 +18,13 @@ from flows.operation import (
     expected_failures,
     finished,
     load_settings,
+    node_targets,
+    preflight_failure,
+    preflight_nodes,
     report_failure,
     verify_host_keys,
 )
 from flows.plan import make_plan, resolve_version
-from flows.provision import node_targets
-from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
 from tasks.rke import run_rke
 
@@ -124,9 +124,8 @@ def _rke_up(
 ) -> tuple[str, list[dict]]:
     """UPDATING: preflight of the new and changed nodes, `rke up`, host keys checked again.
     Returns rke's summary and the preflight rows."""
-    logger = get_run_logger()
     run_id = current_run_id()
-    targets = node_targets(spec, settings.access.user)
+    targets = node_targets(config, settings.access.user)
     checked = [t for t in targets if t.address in set(to_check)]
     cluster.write_status(
         Phase.UPDATING, Operation.UPDATE, run_id, "checking new and changed nodes", spec_hash
@@ -134,28 +133,11 @@ def _rke_up(
     update_cluster_artifact(cluster)
     rows: list[dict] = []
     if checked:
-        policy_used, why = host_key_policy(cluster, settings.access.policy)
-        if why:
-            logger.warning("%s", why)
-        access = settings.access.model_copy(update={"host_key_policy": policy_used.value})
-        try:
-            report = check_nodes(
-                checked,
-                access,
-                cluster.read_text("known_hosts") or "",
-                spec.kubernetes_version,
-                settings.rke.ignore_docker_version,
-            )
-        except NodesUnreachableError as exc:
-            report = exc.report
-        cluster.append_known_hosts(report.accepted_host_keys)
+        report, why = preflight_nodes(settings, cluster, checked, spec.kubernetes_version)
         rows = report.rows()
         if not report.ok:
             update_cluster_artifact(cluster, nodes=rows)
-            reasons = "; ".join(f"{n.address}: {n.error}" for n in report.failures)
-            raise UpdateError(
-                f"preflight failed, no node was changed: {reasons}" + (f" ({why})" if why else "")
-            )
+            raise UpdateError(preflight_failure(report.failures, why))
     cluster.write_status(Phase.UPDATING, Operation.UPDATE, run_id, "running rke up", spec_hash)
     outcome = run_rke(
         cluster,
