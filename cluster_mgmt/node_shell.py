@@ -16,25 +16,8 @@ from dataclasses import dataclass
 import paramiko
 
 from cluster_mgmt.errors import ClusterMgmtError
-from cluster_mgmt.hostkeys import (
-    HostKeyError,
-    HostKeyPolicy,
-    host_matches,
-    known_hosts_name,
-    load_private_key,
-    parse_known_hosts,
-    prefer_known_key_types,
-    verify_host_key,
-)
-from cluster_mgmt.preflight import (
-    NodeTarget,
-    _authenticate,
-    _connect,
-    _endpoint,
-    _handshake,
-    _NodeFailure,
-    _Settings,
-)
+from cluster_mgmt.hostkeys import HostKeyPolicy, load_private_key, parse_known_hosts
+from cluster_mgmt.preflight import NodeTarget, _endpoint, _NodeFailure, _session, _Settings
 
 NODE_ROOT_ENV = "CLUSTER_MGMT_NODE_ROOT"
 """Optional prefix of every path read on a node (set by the node's sshd, empty by default)."""
@@ -85,25 +68,7 @@ def run_command(
     )
     where = _endpoint(target.address, target.port)
     try:
-        sock = _connect(target, settings.connect_timeout)
-        with sock, paramiko.Transport(sock) as transport:
-            transport.banner_timeout = settings.banner_timeout
-            transport.auth_timeout = settings.auth_timeout
-            name = known_hosts_name(target.address, target.port)
-            known = [k for k in settings.trusted if host_matches(k.patterns, name)]
-            prefer_known_key_types(transport, [k for k in known if not k.revoked])
-            _handshake(transport, where, settings)
-            try:
-                verify_host_key(
-                    target.address,
-                    target.port,
-                    transport.get_remote_server_key(),
-                    known,
-                    HostKeyPolicy.REJECT,
-                )
-            except HostKeyError as exc:
-                raise NodeCommandError(str(exc)) from None
-            _authenticate(transport, target, settings.pkey)
+        with _session(target, settings, {}) as transport:
             return _exec(transport, where, command, timeout, max_bytes)
     except _NodeFailure as exc:
         raise NodeCommandError(exc.message) from None

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from cluster_mgmt.errors import RefusedError
+from cluster_mgmt.node_shell import NodeAccess, NodeCommandError, node_path, run_command
+from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.state import (
     CLUSTER_YML,
     CUSTOMER_KUBECONFIG,
@@ -312,6 +314,47 @@ def check_live_ca(recovered: Recovered, timeout: float = 10.0) -> str:
             "cluster (or an older CA); nothing was promoted. Choose another source or entry"
         )
     return f"the API server at {address}:{API_PORT} presents a certificate of its kube-ca"
+
+
+NODE_CA_PATH = "/etc/kubernetes/ssl/kube-ca.pem"  # where RKE's cert deployer puts it
+
+
+def state_targets(rkestate: bytes, default_user: str) -> list[NodeTarget]:
+    """Where and as whom to log in to each node the state names."""
+    nodes = _rke_config(rkestate).get("nodes") or []
+    return [
+        NodeTarget(n["address"], int(n.get("port") or 22), n.get("user") or default_user)
+        for n in nodes
+    ]
+
+
+def check_nodes_ca(recovered: Recovered, access: NodeAccess, default_user: str) -> str:
+    """Prove the recovered CA is the one the nodes hold: every node that can be read must keep
+    it as its kube-ca.pem (ForeignCaError naming those that do not); nodes that cannot be read
+    are named in the result, since the API server's check stands for them."""
+    ca, foreign, unread = recovered.ca, [], []
+    targets = state_targets(recovered.rkestate, default_user)
+    for target in targets:
+        try:
+            status, out, err = run_command(target, access, f"cat {node_path(NODE_CA_PATH)}")
+        except NodeCommandError as exc:
+            unread.append(f"{target.address}: {exc}")
+            continue
+        try:
+            if status != 0:
+                raise ValueError(err or f"exit status {status}")
+            if not same_certificate(out.decode(errors="replace"), ca):
+                foreign.append(target.address)
+        except ValueError as exc:  # missing, or not a certificate
+            unread.append(f"{target.address}: {NODE_CA_PATH} unreadable ({exc})")
+    if foreign:
+        raise ForeignCaError(
+            f"refusing {recovered.origin}: node(s) {', '.join(foreign)} keep another kube-ca in "
+            f"{NODE_CA_PATH}, so this state is not theirs; nothing was promoted"
+        )
+    checked = len(targets) - len(unread)
+    text = f"{checked} of {len(targets)} nodes keep its kube-ca"
+    return text + (f" (not read: {'; '.join(unread)})" if unread else "")
 
 
 # --- what to promote ---------------------------------------------------------------------------

@@ -17,20 +17,11 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-import paramiko
 
 from cluster_mgmt.errors import RefusedError
-from cluster_mgmt.hostkeys import (
-    HostKeyPolicy,
-    host_matches,
-    known_hosts_name,
-    load_private_key,
-    parse_known_hosts,
-    verify_host_key,
-)
+from cluster_mgmt.node_shell import NodeAccess, NodeCommandError, run_command
 from cluster_mgmt.patterns import TextRule
+from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.state import SNAPSHOTS, ClusterState
 from cluster_mgmt.state_files import load_json
 
@@ -112,65 +103,27 @@ def check_known_name(cluster: ClusterState, name: str) -> None:
         )
 
 
-class _KnownHostsOnly(paramiko.MissingHostKeyPolicy):
-    """Accept a node's host key only if known_hosts trusts it (the service's own rules)."""
-
-    def __init__(self, address: str, port: int, trusted: list[Any]) -> None:
-        self.address, self.port = address, port
-        name = known_hosts_name(address, port)
-        self.known = [k for k in trusted if host_matches(k.patterns, name)]
-
-    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
-        verify_host_key(self.address, self.port, key, self.known, HostKeyPolicy.REJECT)
-
-
 def snapshot_size(
-    address: str,
-    port: int,
-    user: str,
-    name: str,
-    pkey: paramiko.PKey,
-    trusted: list[Any],
-    timeout: float = 10.0,
+    target: NodeTarget, name: str, access: NodeAccess, timeout: float = 10.0
 ) -> int | None:
-    """Size in bytes of snapshot `name` on one etcd node; None if it cannot be read there."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_KnownHostsOnly(address, port, trusted))
+    """Size in bytes of snapshot `name` on one etcd node, read as rke reads a snapshot back
+    (`docker cp` out of etcd-rolling-snapshots: a tar stream; only its first header is read);
+    None if it cannot be read there."""
+    source = shlex.quote(f"etcd-rolling-snapshots:/backup/{name}.zip")
     try:
-        client.connect(
-            address,
-            port,
-            user,
-            pkey=pkey,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            look_for_keys=False,
-            allow_agent=False,
+        status, header, _ = run_command(
+            target, access, f"docker cp {source} - | head -c 512", timeout=timeout
         )
-        source = shlex.quote(f"etcd-rolling-snapshots:/backup/{name}.zip")
-        _, stdout, _ = client.exec_command(f"docker cp {source} -", timeout=timeout)
-        with tarfile.open(fileobj=stdout, mode="r|") as archive:
-            member = archive.next()
-        return member.size if member is not None and member.isfile() else None
-    except Exception:  # noqa: BLE001 - a size is informative; never fail a snapshot for it
+        member = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+    except (NodeCommandError, tarfile.TarError):  # a size is informative only
         return None
-    finally:
-        client.close()
+    return member.size if status == 0 and member.isfile() else None
 
 
 def snapshot_sizes(
-    nodes: list[tuple[str, int, str]],
-    name: str,
-    private_key: str,
-    known_hosts: str,
-    timeout: float = 10.0,
+    targets: list[NodeTarget], name: str, access: NodeAccess, timeout: float = 10.0
 ) -> dict[str, int | None]:
-    """Size of snapshot `name` on each etcd node `(address, port, user)`, concurrently."""
-    pkey = load_private_key(private_key)
-    trusted = parse_known_hosts(known_hosts)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(nodes), 16))) as pool:
-        sizes = pool.map(
-            lambda n: snapshot_size(n[0], n[1], n[2], name, pkey, trusted, timeout), nodes
-        )
-        return dict(zip((n[0] for n in nodes), sizes, strict=True))
+    """Size of snapshot `name` on each etcd node, concurrently (None where unreadable)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(targets), 16))) as pool:
+        sizes = pool.map(lambda t: snapshot_size(t, name, access, timeout), targets)
+        return dict(zip((t.address for t in targets), sizes, strict=True))

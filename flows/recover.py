@@ -9,6 +9,7 @@ from prefect.states import State
 from cluster_mgmt.atomic import FILE_MODE, atomic_write
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.kube import KubeError, connect
+from cluster_mgmt.node_shell import NodeAccess
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.recovery import Recovered, RecoverySource, files_to_restore
 from cluster_mgmt.spec import ClusterName, Environment
@@ -79,7 +80,14 @@ def recover_cluster_state(
     volume.check_usable()
     target = volume.cluster(environment, name)
     recovered = gather_state(target, volume, source, entry, settings.private_key, settings.driver)
-    checked = check_recovered_ca(recovered)
+    access = NodeAccess(
+        private_key=settings.private_key,
+        known_hosts=settings.access.known_hosts,
+        recorded_known_hosts=(target.read_text("known_hosts") if target.dir.is_dir() else None)
+        or recovered.donor.get("known_hosts", b"").decode(),
+        connect_timeout=settings.access.connect_timeout_seconds,
+    )
+    checked = check_recovered_ca(recovered, access, settings.access.user)
     # Only now, with state proved to be this live cluster's, may a lost directory be re-made.
     lost = not target.dir.is_dir()
     with cluster_operation(

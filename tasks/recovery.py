@@ -11,12 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from cluster_mgmt.driver import ClusterDriver
 from cluster_mgmt.errors import RefusedError
 from cluster_mgmt.kube import KubeError, connect
+from cluster_mgmt.node_shell import NodeAccess
 from cluster_mgmt.phases import Operation
 from cluster_mgmt.recovery import (
     Recovered,
     RecoverySource,
     archive_source,
     check_live_ca,
+    check_nodes_ca,
     donor_directory,
     history_source,
     read_directory,
@@ -99,8 +101,13 @@ def _rke_util(
 
 
 @task(name="check-recovered-ca", cache_policy=NO_CACHE)
-def check_recovered_ca(recovered: Recovered, timeout: float = 10.0) -> str:
-    """Where the recovered CA was proved to be the live cluster's (ForeignCaError if not)."""
-    checked = check_live_ca(recovered, timeout)
+def check_recovered_ca(
+    recovered: Recovered, access: NodeAccess, default_user: str, timeout: float = 10.0
+) -> str:
+    """Where the recovered CA was proved to be the live cluster's, the API server's and the
+    nodes' (ForeignCaError if not)."""
+    checked = (
+        f"{check_live_ca(recovered, timeout)}; {check_nodes_ca(recovered, access, default_user)}"
+    )
     get_run_logger().info("CA of %s checked: %s", recovered.origin, checked)
     return checked

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks import NodeSshAccess
+from cluster_mgmt.node_shell import NodeAccess
 from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.snapshots import snapshot_sizes
 
@@ -22,10 +23,10 @@ def read_snapshot_sizes(
         access: The `node-ssh-access` block (key, trusted host keys, timeout).
         recorded_known_hosts: Host keys already recorded for this cluster.
     """
-    return snapshot_sizes(
-        [(t.address, t.port, t.user) for t in targets],
-        name,
-        access.private_key.get_secret_value(),
-        f"{access.known_hosts}\n{recorded_known_hosts}",
-        timeout=access.connect_timeout_seconds,
+    node_access = NodeAccess(
+        private_key=access.private_key.get_secret_value(),
+        known_hosts=access.known_hosts,
+        recorded_known_hosts=recorded_known_hosts,
+        connect_timeout=access.connect_timeout_seconds,
     )
+    return snapshot_sizes(targets, name, node_access, timeout=access.connect_timeout_seconds)

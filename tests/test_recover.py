@@ -247,3 +247,24 @@ def test_snapshot_checks_read_the_zip_as_rke_writes_it():
 def test_cli_recover_checks_the_source_before_starting_anything():
     result = CliRunner().invoke(app, ["recover", "test", "web", "--source", "backup"])
     assert result.exit_code == 2 and "history" in result.output
+
+
+def test_a_node_keeping_another_ca_is_refused(env: Env, cluster, lab_nodes):
+    """The API server answers with the recovered CA, but a node holds another kube-ca.pem."""
+    ca = ca_of(cluster.read_text("cluster.rkestate"))
+    on_node = lab_nodes.nodes[0].root / "etc/kubernetes/ssl/kube-ca.pem"
+    assert ca_of(cluster.read_text("cluster.rkestate")) == on_node.read_text()  # as rke put it
+    cluster.path("cluster.rkestate").unlink()
+    status = cluster.read_status()
+    on_node.write_text(pki.cert_pem("foreign-ca"))
+    try:
+        state = recover(env, "history")
+        assert state.is_failed()
+        message = failure_message(state)
+        assert f"node(s) {lab_nodes.nodes[0].address} keep another kube-ca" in message, message
+        assert cluster.read_text("cluster.rkestate") is None and cluster.read_status() == status
+    finally:
+        on_node.write_text(ca)
+    state = recover(env, "history")
+    assert_recovered(env, state, ca)
+    assert "3 of 3 nodes keep its kube-ca" in cluster.read_status().message
