@@ -11,6 +11,7 @@ tar header.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import tarfile
@@ -32,6 +33,7 @@ SNAPSHOT_NAME = TextRule(
     "without '..' or a '.zip' ending (it names files on the etcd nodes: no '/')",
 )
 SnapshotName = SNAPSHOT_NAME.type("snapshot_name")
+HEAD = 16 * 1024  # enough for a tar member's pax and ustar headers
 MAX_RECORDS = 200  # the newest are kept; rke keeps the files until someone deletes them
 
 
@@ -107,17 +109,18 @@ def snapshot_size(
     target: NodeTarget, name: str, access: NodeAccess, timeout: float = 10.0
 ) -> int | None:
     """Size in bytes of snapshot `name` on one etcd node, read as rke reads a snapshot back
-    (`docker cp` out of etcd-rolling-snapshots: a tar stream; only its first header is read);
-    None if it cannot be read there."""
+    (`docker cp` out of etcd-rolling-snapshots: a tar stream; only its first HEAD bytes, the
+    headers, are read); None if it cannot be read there."""
     source = shlex.quote(f"etcd-rolling-snapshots:/backup/{name}.zip")
     try:
-        status, header, _ = run_command(
-            target, access, f"docker cp {source} - | head -c 512", timeout=timeout
+        status, head, _ = run_command(
+            target, access, f"docker cp {source} - | head -c {HEAD}", timeout=timeout
         )
-        member = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as archive:
+            member = archive.next()  # pax headers first, then the file's: all within HEAD
     except (NodeCommandError, tarfile.TarError):  # a size is informative only
         return None
-    return member.size if status == 0 and member.isfile() else None
+    return member.size if status == 0 and member is not None and member.isfile() else None
 
 
 def snapshot_sizes(

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # rke's CAs have serial 0 (Go's NewSelfSignedCACert); cryptography warns when it parses one.
@@ -120,7 +121,9 @@ def _with_serial_zero(cert: x509.Certificate, key) -> x509.Certificate:
     signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
     bits = b"\x00" + signature
     body = tbs + algorithm + b"\x03" + _der_len(len(bits)) + bits
-    return x509.load_der_x509_certificate(b"\x30" + _der_len(len(body)) + body)
+    with warnings.catch_warnings():  # serial 0 is what RKE's CA has: the point of this function
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(b"\x30" + _der_len(len(body)) + body)
 
 
 # --- certificates -----------------------------------------------------------------------------
