@@ -13,7 +13,7 @@ from blocks.loading import load_block
 from cluster_mgmt.backup import prepare, snapshot_target
 from cluster_mgmt.redact import register_secret
 from flows.operation import expected_failures
-from tasks.ebs import publish_backup, take_snapshot
+from tasks.ebs import take_snapshot
 
 
 @flow(name="backup-state")
@@ -47,7 +47,6 @@ def backup_state(
     contents = prepare(volume_block.volume())
     ec2 = credentials.ec2_client(target.region, name=aws_credentials)
     report = take_snapshot(ec2, target, contents, retain)
-    publish_backup(report)
     deleted = f", deleted {len(report.deleted)} old" if report.deleted else ""
     message = (
         f"snapshot {report.snapshot_id} of {target.volume_id} completed "

@@ -1,4 +1,4 @@
-"""Tasks: EBS snapshots of the state volume, and their artifact."""
+"""Task: an EBS snapshot of the state volume, and its artifact."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from cluster_mgmt.backup import SnapshotReport, Target, VolumeContents, snapshot
 def take_snapshot(
     ec2: Any, target: Target, contents: VolumeContents, retain: int
 ) -> SnapshotReport:
-    """Snapshot the state volume, wait for it, and delete our snapshots beyond `retain`.
+    """Snapshot the state volume, wait for it, delete our snapshots beyond `retain`, and
+    publish the `state-backup-<volume id>` artifact (one task run: each costs ~0.1 s).
 
     Args:
         ec2: A boto3 EC2 client (retries and timeouts are its own: no Prefect retries).
@@ -26,10 +27,11 @@ def take_snapshot(
     Returns:
         The snapshot taken and the old ones deleted.
     """
-    return snapshot_volume(ec2, target, contents, retain=retain)
+    report = snapshot_volume(ec2, target, contents, retain=retain)
+    publish_backup(report)
+    return report
 
 
-@task(name="publish-state-backup", cache_policy=NO_CACHE)
 def publish_backup(report: SnapshotReport) -> None:
     """Artifact `state-backup-<volume id>`: the snapshot's id, time, size, tags, deletions."""
     lines = [
