@@ -16,13 +16,11 @@ Goal: overhead <= 1 s.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench_server import bench_server
 
 
 def main() -> None:
@@ -30,24 +28,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="backups to time (default 10)")
     parser.add_argument("--clusters", type=int, default=200, help="clusters on the volume")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from lab.embedded import EmbeddedServer
-
-    work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
-    auth = f"bench:{secrets.token_hex(8)}"
-    server = EmbeddedServer(
-        home=work / "prefect",
-        auth_string=auth,
-        ui=False,
-        cache_dir=Path(__file__).resolve().parent.parent / ".lab",
-    )
-    os.environ |= {
-        "PREFECT_API_URL": server.api_url,
-        "PREFECT_API_AUTH_STRING": auth,
-        "PREFECT_HOME": str(work / "client"),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+    server, work = bench_server("bench-backup-")
     from lab.aws import MotoServer
 
     with server, MotoServer() as moto:

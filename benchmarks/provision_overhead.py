@@ -11,38 +11,21 @@ Goal: overhead <= 2 s for a 3-node cluster.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench_server import bench_server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="provisions to time (default 5)")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from lab.embedded import EmbeddedServer
-
-    work = Path(tempfile.mkdtemp(prefix="bench-provision-"))
-    auth = f"bench:{secrets.token_hex(8)}"
-    server = EmbeddedServer(
-        home=work / "prefect",
-        auth_string=auth,
-        ui=False,
-        cache_dir=Path(__file__).resolve().parent.parent / ".lab",
-    )
-    os.environ |= {
-        "PREFECT_API_URL": server.api_url,
-        "PREFECT_API_AUTH_STRING": auth,
-        "PREFECT_HOME": str(work / "client"),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+    server, work = bench_server("bench-provision-")
     from lab import rke_binary
+    from lab.kube.supervisor import LabSupervisor
     from lab.nodes import LabNodes
 
     timings = work / "rke-seconds"
@@ -55,7 +38,8 @@ def main() -> None:
         "sys.exit(code)\n"
     )
     wrapper.chmod(0o755)
-    with server, LabNodes(work / "nodes", 3, first_address=60) as lab:
+    supervisor = LabSupervisor(work / "supervisor")  # the cluster's Kubernetes API (exported)
+    with server, supervisor, LabNodes(work / "nodes", 3, first_address=60) as lab:
         overheads = _measure(lab, work, wrapper, timings, args.runs)
     print(
         f"provision overhead over {len(overheads)} runs (s): min {min(overheads):.2f}  "
@@ -68,8 +52,10 @@ def _measure(lab, work: Path, wrapper: Path, timings: Path, runs: int) -> list[f
 
     from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
     from cluster_mgmt.spec import ClusterSpec, NodeSpec
+    from cluster_mgmt.state import StateVolume
     from flows.provision import provision_cluster
 
+    StateVolume(work / "state").initialise()  # as `cluster-mgmt init` does, once per volume
     ClusterStateVolume(root=str(work / "state")).save("default", overwrite=True)
     NodeSshAccess(
         user=lab.user, private_key=SecretStr(lab.client_private_key), known_hosts=lab.known_hosts()
