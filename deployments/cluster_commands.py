@@ -21,9 +21,15 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _start(deployment: str, parameters: dict[str, Any], wait: bool) -> None:
-    """`deployments.cli.start_run` (imported when called: that module registers these)."""
+    """`deployments.cli.start_run` (imported when called: that module registers these), once
+    the cluster's environment and name are checked (exit 2 saying what to fix)."""
+    from cluster_mgmt.identity import ClusterId
     from deployments.cli import start_run
 
+    try:
+        ClusterId(parameters["environment"], parameters["name"])
+    except ValueError as exc:
+        raise _fail(str(exc), USAGE) from None
     start_run(deployment, parameters, wait)
 
 
@@ -87,6 +93,12 @@ def delete_resource(
     wait: Wait = False,
 ) -> None:
     """Delete a managed resource's objects, then its record (delete-managed-resource/default)."""
+    from cluster_mgmt.manifests import ManifestError, check_resource_name
+
+    try:
+        check_resource_name(resource)
+    except ManifestError as exc:
+        raise _fail(str(exc), USAGE) from None
     parameters = {"environment": environment, "name": name, "resource_name": resource}
     _start("delete-managed-resource/default", parameters, wait)
 
