@@ -28,4 +28,7 @@ controllers: `default` ServiceAccount and `kube-root-ca.crt` in every namespace,
 StatefulSets, pods of deleted owners collected.
 
 Faults (the supervisor's socket, never the Kubernetes API): see lab.kube.supervisor.
+
+Why not kmock's KubernetesEmulator: no TLS, no authentication or RBAC, no server-side apply
+(docs/lab.md, "Why a hand-written API server").
 """

@@ -115,6 +115,18 @@ def not_found(res: Resource, name: str) -> ApiError:
     return ApiError(404, "NotFound", f'{label} "{name}" not found', _details(res, name))
 
 
+def not_supported(res: Resource, action: str) -> ApiError:
+    """405 as kube-apiserver answers an action a resource's storage does not offer."""
+    label = f"{res.name}.{res.group}" if res.group else res.name
+    details = {**({"group": res.group} if res.group else {}), "kind": res.name}
+    return ApiError(
+        405,
+        "MethodNotAllowed",
+        f'{action} is not supported on resources of kind "{label}"',
+        details,
+    )
+
+
 def invalid(res: Resource, name: str, field: str, value: str, detail: str) -> ApiError:
     message = f'Invalid value: "{value}": {detail}'
     return ApiError(
@@ -166,6 +178,8 @@ class ApiServer:
     def __init__(self, spec: dict) -> None:
         self.address: str = spec["address"]
         self.port: int = int(spec.get("port", 6443))
+        # --advertise-address: rke passes the node's internal address
+        self.advertise_address: str = spec.get("advertise_address") or self.address
         self.ca_pem: str = spec["ca_pem"]
         self.ca_key_pem: str = spec["ca_key_pem"]
         self.cert_pem: str = spec["cert_pem"]
@@ -179,6 +193,7 @@ class ApiServer:
         self.mode = "up"  # up | down (port closed) | hang (accepts, never answers)
         self.delay = 0.0
         self.etcd_healthy = True
+        self.token_controller = True  # False: token Secrets stay empty (controller manager down)
         self.not_after: str | None = None
         self._released = threading.Condition()
         self._stopping = threading.Event()
@@ -619,7 +634,8 @@ class ApiServer:
                     name,
                     {"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": self.ca_pem}},
                 )
-        self._tokens()
+        if self.token_controller:
+            self._tokens()
         self._workloads()
 
     def _quiet_create(self, key: str, namespace: str, body: dict) -> None:
@@ -996,21 +1012,10 @@ class Handler(BaseHTTPRequestHandler):
             if obj is None:
                 raise not_found(res, name)
             return 200, obj, "application/json"
-        if verb in ("list", "watch"):
-            listing = api.list(res, namespace, query)
-            if verb == "list":
-                return 200, listing, "application/json"
-            events = "".join(
-                json.dumps(
-                    {
-                        "type": "ADDED",
-                        "object": {**i, "apiVersion": res.api_version, "kind": res.kind},
-                    }
-                )
-                + "\n"
-                for i in listing["items"]
-            )
-            return 200, events, "application/json"
+        if verb == "watch":  # not served: discovery leaves "watch" out of the verbs
+            raise not_supported(res, "watch")
+        if verb == "list":
+            return 200, api.list(res, namespace, query), "application/json"
         if verb == "create":
             if not res.namespaced:
                 namespace = ""
@@ -1097,7 +1102,7 @@ def _api_versions(api: ApiServer) -> dict:
         "kind": "APIVersions",
         "versions": ["v1"],
         "serverAddressByClientCIDRs": [
-            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{api.address}:{api.port}"}
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{api.advertise_address}:{api.port}"}
         ],
     }
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+# no "watch": the lab does not serve watches (405), as for a resource that cannot be watched
+VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update"]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def start(cluster) -> None:
         supervisor.call(
             "start",
             address=cluster.control_hosts[0].address,
+            advertise_address=cluster.control_hosts[0].internal_address,
             ca_pem=certs[pki.CA]["certificatePEM"],
             ca_key_pem=certs[pki.CA]["keyPEM"],
             cert_pem=certs[pki.KUBE_API]["certificatePEM"],

@@ -9,7 +9,9 @@ import json
 import socket
 import ssl
 import time
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -19,12 +21,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
 
 from lab.kube.supervisor import ENV
 from lab.nodes import LabNodes
+from lab.rke import pki
 from tests.lab.conftest import Rke
 
 FIRST_ADDRESS = 150  # nodes on 127.0.0.150-152; the API on 127.0.0.150:6443
+INTERNAL_ADDRESS = "127.0.0.153"  # the control plane's internal_address (never listened on)
+EXTRA_SAN_IP = "127.0.0.154"  # authentication.sans (never listened on)
 
 
 def wait_for(check, timeout: float = 10.0):
@@ -48,6 +55,9 @@ def cluster(tmp_path_factory, lab_supervisor):
         rke = Rke(tmp / "work", nodes)
         path = rke.config(roles=[["controlplane", "etcd"], ["worker"], ["worker"]])
         data = yaml.safe_load(path.read_text())
+        data["nodes"][0]["internal_address"] = INTERNAL_ADDRESS  # a name, never dialled
+        data["nodes"][0]["hostname_override"] = "cp-one"
+        data["authentication"] = {"sans": ["api.lab.example", EXTRA_SAN_IP]}
         data["nodes"][1]["labels"] = {"tier": "web"}
         data["nodes"][2]["taints"] = [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]
         path.write_text(yaml.safe_dump(data))
@@ -361,8 +371,8 @@ def test_namespace_deletion_removes_its_content(admin):
 
 def readyz_any(admin: client.ApiClient) -> tuple[int, str]:
     """GET /readyz?verbose with the admin credentials: status and text."""
-    response = admin.rest_client.pool_manager.request("GET", f"{HOST}/readyz?verbose")
-    return response.status, response.data.decode()
+    status, _, text = get_raw(admin, "/readyz?verbose")
+    return status, text
 
 
 def test_readyz_verbose(admin):
@@ -376,8 +386,8 @@ def test_readyz_verbose(admin):
 def test_rke_left_nodes_and_kube_system_pods(admin, cluster):
     core = client.CoreV1Api(admin)
     nodes = {n.metadata.name: n for n in core.list_node().items}
-    addresses = [f"127.0.0.{FIRST_ADDRESS + i}" for i in range(3)]
-    assert sorted(nodes) == addresses
+    addresses = ["cp-one"] + [f"127.0.0.{FIRST_ADDRESS + i}" for i in (1, 2)]
+    assert sorted(nodes) == sorted(addresses)
     first, second, third = (nodes[a] for a in addresses)
     assert first.metadata.labels["node-role.kubernetes.io/controlplane"] == "true"
     assert first.metadata.labels["node-role.kubernetes.io/etcd"] == "true"
@@ -459,14 +469,7 @@ def test_faults_through_the_control_channel(admin, lab_supervisor, ca_file):
         microsecond=0
     )
     lab_supervisor.call("certificate", address=address, not_after=not_after.isoformat())
-    context = ssl.create_default_context(cafile=ca_file)
-    context.check_hostname = False
-    with (
-        socket.create_connection((address, 6443), timeout=5) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        served = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-    assert served.not_valid_after_utc == not_after
+    assert served_certificate(ca_file, address).not_valid_after_utc == not_after
     lab_supervisor.call("certificate", address=address, not_after=None)
 
     lab_supervisor.call("api", address=address, mode="hang")
@@ -480,6 +483,234 @@ def test_faults_through_the_control_channel(admin, lab_supervisor, ca_file):
         socket.create_connection((address, 6443), timeout=5).close()
     lab_supervisor.call("api", address=address, mode="up")
     assert client.VersionApi(admin).get_code().git_version == "v1.30.5"
+
+
+ADDRESS = f"127.0.0.{FIRST_ADDRESS}"
+
+
+def served_certificate(ca_file: str, server_hostname: str) -> x509.Certificate:
+    """The certificate the API serves, verified against kube-ca for `server_hostname`."""
+    context = ssl.create_default_context(cafile=ca_file)
+    with (
+        socket.create_connection((ADDRESS, 6443), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_hostname) as tls,
+    ):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_serving_certificate_carries_the_alt_names_rke_gives_it(cluster, ca_file):
+    # rke's pki.GetAltNames: every control plane's address, internal address and hostname
+    # override, authentication.sans, 127.0.0.1, the first service-cluster IP, then the
+    # kubernetes service names
+    for name in ("kubernetes.default.svc.cluster.local", "localhost", ADDRESS, "cp-one"):
+        cert = served_certificate(ca_file, name)  # hostname verification passes
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = alt.get_values_for_type(x509.DNSName)
+    ips = [str(i) for i in alt.get_values_for_type(x509.IPAddress)]
+    assert sorted(dns) == sorted(
+        [
+            "cp-one",
+            "api.lab.example",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+    )
+    assert sorted(ips) == sorted(
+        [ADDRESS, INTERNAL_ADDRESS, EXTRA_SAN_IP, "127.0.0.1", "10.43.0.1"]
+    )
+    control_plane = SimpleNamespace(
+        address=ADDRESS, node={"internal_address": INTERNAL_ADDRESS, "hostname_override": "cp-one"}
+    )
+    expected = pki.alt_names(
+        [control_plane], "cluster.local", ["10.43.0.1"], ["api.lab.example", EXTRA_SAN_IP]
+    )
+    assert (dns, ips) == expected
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "kube-apiserver"
+
+
+def get_raw(admin: client.ApiClient, path: str) -> tuple[int, str, str]:
+    """GET `path` with the admin credentials: status, content type and text."""
+    response = admin.rest_client.pool_manager.request("GET", f"{HOST}{path}")
+    return response.status, response.headers["Content-Type"], response.data.decode()
+
+
+def test_discovery_and_livez_bodies_are_kube_apiservers(admin):
+    status, ctype, text = get_raw(admin, "/api")
+    assert (status, ctype) == (200, "application/json")
+    assert json.loads(text) == {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        # kube-apiserver's --advertise-address, which rke sets to the internal address
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{INTERNAL_ADDRESS}:6443"}
+        ],
+    }
+    groups = json.loads(get_raw(admin, "/apis")[2])
+    assert (groups["kind"], groups["apiVersion"]) == ("APIGroupList", "v1")
+    names = [g["name"] for g in groups["groups"]]
+    assert names == ["apps", "batch", "networking.k8s.io", "rbac.authorization.k8s.io"]
+    apps_v1 = {"groupVersion": "apps/v1", "version": "v1"}
+    assert groups["groups"][0] == {
+        "name": "apps",
+        "versions": [apps_v1],
+        "preferredVersion": apps_v1,
+    }
+    assert json.loads(get_raw(admin, "/apis/apps")[2]) == {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": "apps",
+        "versions": [apps_v1],
+        "preferredVersion": apps_v1,
+    }
+    assert get_raw(admin, "/livez") == (200, "text/plain; charset=utf-8", "ok")
+    assert get_raw(admin, "/livez/ping") == (200, "text/plain; charset=utf-8", "ok")
+    status, _, text = get_raw(admin, "/livez?verbose")
+    lines = text.splitlines()
+    assert status == 200 and lines[:3] == ["[+]ping ok", "[+]log ok", "[+]etcd ok"]
+    assert lines[-1] == "livez check passed"
+    assert all(line.startswith("[+]") and line.endswith(" ok") for line in lines[:-1])
+    # readiness-only checks are not liveness checks
+    for check in ("etcd-readiness", "informer-sync", "shutdown"):
+        assert f"[+]{check} ok" not in lines
+    assert get_raw(admin, "/livez/etcd-readiness")[0] == 404
+
+
+def test_watch_is_not_served_and_discovery_says_so(admin):
+    with pytest.raises(ApiException) as core_watch:
+        client.CoreV1Api(admin).list_namespaced_config_map("default", watch=True)
+    assert core_watch.value.status == 405
+    assert error_body(core_watch.value) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'watch is not supported on resources of kind "configmaps"',
+        "reason": "MethodNotAllowed",
+        "details": {"kind": "configmaps"},
+        "code": 405,
+    }
+    with pytest.raises(ApiException) as apps_watch:
+        client.AppsV1Api(admin).list_deployment_for_all_namespaces(watch=True)
+    body = error_body(apps_watch.value)
+    assert body["message"] == 'watch is not supported on resources of kind "deployments.apps"'
+    assert body["details"] == {"group": "apps", "kind": "deployments"}
+    for path in ("/api/v1", "/apis/apps/v1", "/apis/rbac.authorization.k8s.io/v1"):
+        for resource in json.loads(get_raw(admin, path)[2])["resources"]:
+            assert "watch" not in resource["verbs"], resource["name"]
+
+
+def test_objects_get_uid_and_creation_time_and_a_new_resource_version_on_update(admin):
+    core = client.CoreV1Api(admin)
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    made = core.create_namespaced_config_map("default", {"metadata": {"name": "ids"}})
+    other = core.create_namespaced_config_map("default", {"metadata": {"name": "ids-2"}})
+    assert uuid.UUID(made.metadata.uid).version == 4 and made.metadata.uid != other.metadata.uid
+    assert before <= made.metadata.creation_timestamp <= datetime.datetime.now(datetime.UTC)
+    made.data = {"k": "v"}
+    replaced = core.replace_namespaced_config_map("ids", "default", made)
+    patched = core.patch_namespaced_config_map("ids", "default", {"data": {"k": "w"}})
+    versions = [int(o.metadata.resource_version) for o in (made, replaced, patched)]
+    assert versions == sorted(set(versions))  # each write a new, higher resourceVersion
+    for obj in (replaced, patched, core.read_namespaced_config_map("ids", "default")):
+        assert obj.metadata.uid == made.metadata.uid
+        assert obj.metadata.creation_timestamp == made.metadata.creation_timestamp
+    unchanged = core.read_namespaced_config_map("ids", "default")
+    assert unchanged.metadata.resource_version == patched.metadata.resource_version
+
+
+def test_a_binding_to_view_reads_but_cannot_write(admin, ca_file):
+    core = client.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": "viewers"}})
+    core.create_namespaced_service_account("viewers", {"metadata": {"name": "reader"}})
+    core.create_namespaced_config_map("viewers", {"metadata": {"name": "shown"}})
+    client.RbacAuthorizationV1Api(admin).create_namespaced_role_binding(
+        "viewers",
+        {
+            "metadata": {"name": "reader-view"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "view",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "viewers"}],
+        },
+    )
+    reader = client.CoreV1Api(
+        api_client(HOST, ca_file, token=token_for(core, "viewers", "reader", "reader-token"))
+    )
+    assert "shown" in [c.metadata.name for c in reader.list_namespaced_config_map("viewers").items]
+    assert reader.read_namespaced_config_map("shown", "viewers").metadata.name == "shown"
+    reader.list_namespaced_pod("viewers")
+    with pytest.raises(ApiException) as write:
+        reader.create_namespaced_config_map("viewers", {"metadata": {"name": "not-mine"}})
+    assert write.value.status == 403
+    assert error_body(write.value)["message"] == (
+        'configmaps is forbidden: User "system:serviceaccount:viewers:reader" cannot create '
+        'resource "configmaps" in API group "" in the namespace "viewers"'
+    )
+    for denied in (
+        lambda: reader.delete_namespaced_config_map("shown", "viewers"),
+        lambda: reader.patch_namespaced_config_map("shown", "viewers", {"data": {"a": "b"}}),
+        lambda: reader.list_namespaced_secret("viewers"),  # view does not read Secrets
+        lambda: reader.list_namespaced_config_map("default"),  # nor other namespaces
+    ):
+        with pytest.raises(ApiException) as exc:
+            denied()
+        assert exc.value.status == 403 and error_body(exc.value)["reason"] == "Forbidden"
+    assert core.read_namespaced_config_map("shown", "viewers").data is None  # nothing written
+
+
+SELECTOR = {"matchLabels": {"app": "crud"}}
+POD_TEMPLATE = {
+    "metadata": {"labels": {"app": "crud"}},
+    "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+}
+RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "namespace", "body"),
+    [
+        ("v1", "Service", "default", {"spec": {"ports": [{"port": 80}], "selector": {"a": "b"}}}),
+        ("rbac.authorization.k8s.io/v1", "Role", "default", {"rules": RULES}),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole", None, {"rules": RULES}),
+        (
+            "apps/v1",
+            "DaemonSet",
+            "default",
+            {"spec": {"selector": SELECTOR, "template": POD_TEMPLATE}},
+        ),
+    ],
+)
+def test_crud_through_the_dynamic_client(admin, tmp_path, api_version, kind, namespace, body):
+    """Create, read, list, replace, merge-patch and delete, found through discovery as the
+    `kubernetes` dynamic client finds any kind."""
+    resources = DynamicClient(admin, cache_file=str(tmp_path / "discovery.json")).resources
+    api = resources.get(api_version=api_version, kind=kind)
+    name = f"crud-{kind.lower()}"
+    where = {"namespace": namespace} if namespace else {}
+    manifest = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, **body}
+    created = api.create(body=manifest, **where).to_dict()
+    assert (created["kind"], created["metadata"]["name"]) == (kind, name)
+    assert api.get(name=name, **where).metadata.uid == created["metadata"]["uid"]
+    assert name in [i.metadata.name for i in api.get(**where).items]
+    created["metadata"]["labels"] = {"step": "replaced"}
+    replaced = api.replace(body=created, **where).to_dict()
+    assert replaced["metadata"]["labels"] == {"step": "replaced"}
+    patched = api.patch(
+        name=name,
+        body={"metadata": {"annotations": {"step": "patched"}}},
+        content_type="application/merge-patch+json",
+        **where,
+    ).to_dict()
+    assert patched["metadata"]["annotations"] == {"step": "patched"}
+    assert patched["metadata"]["labels"] == {"step": "replaced"}
+    api.delete(name=name, **where)
+    with pytest.raises(NotFoundError):
+        api.get(name=name, **where)
 
 
 def test_api_objects_live_in_etcd_snapshots(cluster, admin):
