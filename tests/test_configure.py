@@ -4,6 +4,7 @@ Kubernetes API over TLS: provision → CONFIGURING → READY, configure-cluster,
 from __future__ import annotations
 
 import base64
+import functools
 import json
 
 import httpx
@@ -155,6 +156,28 @@ def test_api_down_mid_configure_fails_then_configure_converges(env: Env, monkeyp
     monkeypatch.setattr(cluster_mgmt.customer, "new_token_secret", real)
     env.api("up")
     ups = len(list(env.cluster.history_dir.glob("*-up")))
+
+    # the token controller never fills the new Secret: the bounded wait gives up, in one line
+    real_wait = cluster_mgmt.customer.wait_for_token
+    monkeypatch.setattr(
+        cluster_mgmt.customer, "wait_for_token", functools.partial(real_wait, timeout=1.0)
+    )
+    env.supervisor.call("tokens", address=env.lab.nodes[0].address, running=False)
+    try:
+        stalled = env.configure()
+    finally:
+        env.supervisor.call("tokens", address=env.lab.nodes[0].address, running=True)
+    message = failure_message(stalled)
+    assert stalled.is_failed() and "\n" not in message
+    assert message.startswith(
+        "configure step 'token' failed: no token in /api/v1/namespaces/customer/secrets/"
+        "customer-admin-token-"
+    )
+    assert message.endswith("after 1 s: is the controller manager's token controller running?")
+    assert env.cluster.read_status().phase == "FAILED"
+    assert env.cluster.read_text("customer_kube_config.yml") is None and block_value(env) is None
+    monkeypatch.setattr(cluster_mgmt.customer, "wait_for_token", real_wait)
+
     rerun = env.configure()
     assert rerun.is_completed(), failure_message(rerun)
     assert len(list(env.cluster.history_dir.glob("*-up"))) == ups  # no rke up
@@ -190,20 +213,83 @@ def test_configure_is_refused_before_rke_brought_the_cluster_up(env: Env):
     assert env.cluster.read_status().phase == "FAILED"  # a refusal keeps the status
 
 
-def test_rotation_revokes_the_old_token_only_after_the_new_one_works(env: Env):
+def works_now(kubeconfig: str) -> bool:
+    """The kubeconfig's token is accepted right now (a real request to the lab API)."""
+    with customer_client(kubeconfig) as api:
+        return status_code(client.CoreV1Api(api).list_node) == 200
+
+
+def test_rotation_revokes_the_old_token_only_after_the_new_one_works(env: Env, monkeypatch):
     assert env.provision().is_completed()
     old = env.cluster.read_text("customer_kube_config.yml")
-    old_secrets = token_secrets(env, "customer")
+    [old_secret] = token_secrets(env, "customer")
+
+    def old_kept() -> None:  # a failed rotation leaves the customer's credentials alone
+        assert works_now(old) and old_secret in token_secrets(env, "customer")
+        assert env.cluster.read_text("customer_kube_config.yml") == old == block_value(env)
+
+    # the new token exists but is refused: the old one stays
+    real_works = cluster_mgmt.customer.works
+    monkeypatch.setattr(cluster_mgmt.customer, "works", lambda config, customer: config == old)
+    refused = env.rotate()
+    assert refused.is_failed()
+    assert "is refused by the cluster" in failure_message(refused)
+    old_kept()
+    assert len(token_secrets(env, "customer")) == 2  # the refused one is left, unused
+    monkeypatch.setattr(cluster_mgmt.customer, "works", real_works)
+    assert env.configure().is_completed()  # back to READY; it keeps the old token
+    assert token_secrets(env, "customer") == [old_secret]
+
+    # a rotation that works: the order, as it happens
+    seen: list[str] = []
+
+    def checking(config: str, customer) -> bool:
+        names = token_secrets(env, "customer")
+        if config != old:  # the new token is checked while the old one still works
+            assert works_now(old) and old_secret in names and len(names) == 2
+            seen.append("new token checked; old works")
+        return real_works(config, customer)
+
+    real_revoke = cluster_mgmt.customer.revoke_other_tokens
+
+    def revoking(kube, customer, credentials):
+        new = env.cluster.read_text("customer_kube_config.yml")
+        assert new != old and block_value(env) == new  # stored before anything is revoked
+        assert works_now(old)
+        seen.append("stored; revoking")
+        return real_revoke(kube, customer, credentials)
+
+    monkeypatch.setattr(cluster_mgmt.customer, "works", checking)
+    monkeypatch.setattr(cluster_mgmt.customer, "revoke_other_tokens", revoking)
     state = env.rotate()
     assert state.is_completed(), failure_message(state)
+    assert seen == ["new token checked; old works", "stored; revoking"]
     new = env.cluster.read_text("customer_kube_config.yml")
     assert new != old and block_value(env) == new
     new_secrets = token_secrets(env, "customer")
-    assert len(new_secrets) == 1 and new_secrets != old_secrets
-    with customer_client(new) as api:
-        assert client.CoreV1Api(api).list_node().items
+    assert len(new_secrets) == 1 and old_secret not in new_secrets
+    assert works_now(new) and not works_now(old)
     with customer_client(old) as api:
         assert status_code(client.CoreV1Api(api).list_node) == 401
+
+
+@pytest.mark.parametrize("operation", ["configure", "apply", "delete_resource", "rotate"])
+def test_each_operation_takes_the_cluster_lock(env: Env, operation: str):
+    env.cluster.create()
+    run = {
+        "configure": env.configure,
+        "apply": lambda: env.apply(
+            "web", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n"
+        ),
+        "delete_resource": lambda: env.delete_resource("web"),
+        "rotate": env.rotate,
+    }[operation]
+    with env.cluster.lock("teardown", "run-123"):
+        state = run()
+    assert state.is_failed()
+    message = failure_message(state)
+    assert message == "operation teardown in progress (flow run run-123)", message
+    assert env.cluster.read_status() is None  # a busy refusal records nothing
 
 
 def test_token_and_kubeconfig_never_reach_the_api(env: Env):

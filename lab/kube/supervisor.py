@@ -15,6 +15,7 @@ Protocol: one JSON object per line, one answer per line: `{"ok": true, ...}` or
 - `api` {address, mode: up|down|hang|slow, delay?}: `down` closes the port (connection
   refused), `hang` accepts connections and never answers, `slow` answers after `delay` seconds.
 - `etcd` {address, healthy}: `/readyz` and `/livez` report `[-]etcd failed` while unhealthy.
+- `tokens` {address, running}: the token controller stops (token Secrets stay empty) or runs.
 - `node` {address, name, ready}: the node's Ready condition turns Unknown (NotReady) or True.
 - `pod` {address, namespace, name, crashloop}: the pod crash-loops (CrashLoopBackOff, not ready).
 - `certificate` {address, not_after}: serve a kube-apiserver certificate (same key and SANs,
@@ -135,6 +136,8 @@ class LabSupervisor:
             server.set_mode(request["mode"], float(request.get("delay") or 0))
         elif op == "etcd":
             server.etcd_healthy = bool(request["healthy"])
+        elif op == "tokens":
+            server.token_controller = bool(request["running"])
         elif op == "node":
             server.set_node_ready(request["name"], bool(request["ready"]))
         elif op == "pod":
