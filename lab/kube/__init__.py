@@ -22,7 +22,8 @@ ClusterRoleBindings and RoleBindings with the bootstrap roles cluster-admin, adm
 `system:masters` may do anything; 403 Status with kube's message. Discovery, `/version`,
 `/livez`, `/readyz` (`?verbose`), CRUD, list (label and field selectors), merge, JSON and
 strategic-merge patches (the last treated as a merge patch), server-side apply with
-`managedFields` ownership and conflicts, namespace deletion that empties the namespace. Its
+`managedFields` ownership and conflicts, namespace deletion that empties the namespace. No
+watches: `?watch=true` gets 405 MethodNotAllowed and discovery lists no `watch` verb. Its
 controllers: `default` ServiceAccount and `kube-root-ca.crt` in every namespace, tokens for
 `kubernetes.io/service-account-token` Secrets, Running pods for Deployments, DaemonSets and
 StatefulSets, pods of deleted owners collected.
