@@ -273,10 +273,15 @@ class ClusterState:
         """``<cluster dir>/<name>``, created (0700) if missing; never creates the cluster dir."""
         self._require_dir()
         path = self.dir / name
-        with suppress(FileExistsError):
-            os.mkdir(path, DIR_MODE)
+        try:
+            os.mkdir(path, DIR_MODE)  # never makes parents: the cluster dir must still be there
             os.chmod(path, DIR_MODE)
             fsync_dir(self.dir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self._require_dir()  # archived meanwhile: ClusterNotFoundError
+            raise
         return path
 
     # -- files -------------------------------------------------------------------------------
@@ -525,7 +530,12 @@ class ClusterState:
         for _ in range(5):
             final = _unique_path(history, lambda stamp: f"{stamp}-{label}")
             try:
-                return write_dir(final, files)
+                # Without the lock (a policy decision) the cluster may be archived at any
+                # instant: write only into the history directory that is still there.
+                return write_dir(final, files, make_parents=False)
+            except FileNotFoundError:
+                self._require_dir()  # archived meanwhile: ClusterNotFoundError
+                raise
             except OSError as exc:  # a concurrent writer took the same stamp
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
