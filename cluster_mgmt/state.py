@@ -32,7 +32,7 @@ from cluster_mgmt.atomic import (
     write_dir,
 )
 from cluster_mgmt.errors import StateError
-from cluster_mgmt.identity import ENVIRONMENT, NAME
+from cluster_mgmt.identity import ENVIRONMENT, NAME, ClusterId
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.state_files import is_kubeconfig, is_rkestate, is_yaml_mapping, load_json
 from cluster_mgmt.volume_marker import (
@@ -475,6 +475,7 @@ class ClusterState:
         archive = (
             f"archive (newest {archived[-1].name})" if archived else "archive (none on this volume)"
         )
+        resource = ClusterId(self.environment, self.name).event_resource_id
         return (
             f"refusing to provision {self.environment}/{self.name}: {witness}, but the state "
             f"volume {self._volume.root} holds no state for it ({self.dir} is missing or empty). "
@@ -483,7 +484,8 @@ class ClusterState:
             f"{RECOVER_FLOW}): {archive}, in-cluster (RKE's copy, the Secret "
             "kube-system/full-cluster-state, read with an admin kubeconfig from history or the "
             "archive) or rke-util (`rke util get-state-file`), or restore a backup of the "
-            "volume. If the cluster is really gone, tear it down or remove its artifact first"
+            "volume. If the cluster is really gone (its nodes wiped), record that first: "
+            f"`prefect event emit cluster.deleted --resource-id {resource}`"
         )
 
     # -- history -----------------------------------------------------------------------------

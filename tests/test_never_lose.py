@@ -114,7 +114,14 @@ def test_a_cluster_known_only_by_its_event_is_refused(env: Env):
     assert "refusing to provision" in message and "event cluster.provisioned" in message
     assert env.logins() == before
     assert env.cluster.read_text("cluster.rkestate") is None
-    emit_event_for("test", env.name, "cluster.deleted", {"archive": "wiped by hand"})
+    # the cluster is really gone: the operator records it with the command the refusal names
+    command = message.rsplit("`prefect ", 1)[1].rstrip("`").split()
+    assert command[:3] == ["event", "emit", "cluster.deleted"]
+    prefect = str(Path(sys.executable).parent / "prefect")
+    done = subprocess.run(
+        [prefect, *command], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
     assert witness_of(env, live=False) is None  # the newer event says it is gone
 
 

@@ -96,6 +96,9 @@ def test_lost_state_that_the_api_witnesses_is_refused(volume: StateVolume, direc
     message = str(refused.value)
     assert message.startswith(f"refusing to provision prod/eu-web: {WITNESS}")
     assert "would mint a new CA" in message and "recover-cluster-state" in message
+    assert message.endswith(
+        "`prefect event emit cluster.deleted --resource-id cluster-mgmt.cluster.prod.eu-web`"
+    )
     assert cluster.read_text("cluster.rkestate") is None
     assert provision_step(cluster, SPEC_HASH, CONFIG, None) is ProvisionStep.CREATE
 
