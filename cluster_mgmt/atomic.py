@@ -79,13 +79,15 @@ def publish_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def write_dir(final: Path, files: Mapping[str, bytes]) -> Path:
+def write_dir(final: Path, files: Mapping[str, bytes], *, make_parents: bool = True) -> Path:
     """Create directory ``final`` holding ``files`` (relative name -> content), all or nothing.
 
     It is built under a hidden ``.build-`` name next to ``final`` and renamed into place, so a
-    half-written directory never carries the final name.
+    half-written directory never carries the final name. With ``make_parents`` False a missing
+    parent is FileNotFoundError: nothing is created above ``final``.
     """
-    make_private_dirs(final.parent)
+    if make_parents:
+        make_private_dirs(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=final.parent))
     try:
         for rel, data in files.items():

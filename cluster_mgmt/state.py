@@ -32,7 +32,7 @@ from cluster_mgmt.atomic import (
     write_dir,
 )
 from cluster_mgmt.errors import StateError
-from cluster_mgmt.identity import ENVIRONMENT, NAME
+from cluster_mgmt.identity import ENVIRONMENT, NAME, ClusterId
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.state_files import is_kubeconfig, is_rkestate, is_yaml_mapping, load_json
 from cluster_mgmt.volume_marker import (
@@ -273,10 +273,15 @@ class ClusterState:
         """``<cluster dir>/<name>``, created (0700) if missing; never creates the cluster dir."""
         self._require_dir()
         path = self.dir / name
-        with suppress(FileExistsError):
-            os.mkdir(path, DIR_MODE)
+        try:
+            os.mkdir(path, DIR_MODE)  # never makes parents: the cluster dir must still be there
             os.chmod(path, DIR_MODE)
             fsync_dir(self.dir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self._require_dir()  # archived meanwhile: ClusterNotFoundError
+            raise
         return path
 
     # -- files -------------------------------------------------------------------------------
@@ -470,6 +475,7 @@ class ClusterState:
         archive = (
             f"archive (newest {archived[-1].name})" if archived else "archive (none on this volume)"
         )
+        resource = ClusterId(self.environment, self.name).event_resource_id
         return (
             f"refusing to provision {self.environment}/{self.name}: {witness}, but the state "
             f"volume {self._volume.root} holds no state for it ({self.dir} is missing or empty). "
@@ -478,7 +484,8 @@ class ClusterState:
             f"{RECOVER_FLOW}): {archive}, in-cluster (RKE's copy, the Secret "
             "kube-system/full-cluster-state, read with an admin kubeconfig from history or the "
             "archive) or rke-util (`rke util get-state-file`), or restore a backup of the "
-            "volume. If the cluster is really gone, tear it down or remove its artifact first"
+            "volume. If the cluster is really gone (its nodes wiped), record that first: "
+            f"`prefect event emit cluster.deleted --resource-id {resource}`"
         )
 
     # -- history -----------------------------------------------------------------------------
@@ -525,7 +532,12 @@ class ClusterState:
         for _ in range(5):
             final = _unique_path(history, lambda stamp: f"{stamp}-{label}")
             try:
-                return write_dir(final, files)
+                # Without the lock (a policy decision) the cluster may be archived at any
+                # instant: write only into the history directory that is still there.
+                return write_dir(final, files, make_parents=False)
+            except FileNotFoundError:
+                self._require_dir()  # archived meanwhile: ClusterNotFoundError
+                raise
             except OSError as exc:  # a concurrent writer took the same stamp
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import warnings
 from typing import Any
 
@@ -22,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 CA = "kube-ca"
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?\r?\n-----END \1-----", re.DOTALL)
 
 
 def load_json(data: bytes) -> Any:
@@ -40,17 +42,32 @@ def load_yaml(data: bytes) -> Any:
         return None
 
 
+def _pem_blocks(pem: bytes) -> list[bytes] | None:
+    """Each ``BEGIN``..``END`` block of ``pem``; None if there is none or any is cut (a BEGIN
+    without its END, or the reverse), which a loader would silently skip."""
+    blocks = [m.group(0) for m in _PEM_BLOCK.finditer(pem)]
+    whole = len(blocks) == pem.count(b"-----BEGIN ") == pem.count(b"-----END ")
+    return blocks if blocks and whole else None
+
+
 def _certificate_loads(pem: bytes) -> bool:
+    """Every PEM block is whole and a certificate that loads."""
+    blocks = _pem_blocks(pem)
+    if blocks is None:
+        return False
     # RKE's CA has serial number 0 (client-go's self-signed CA), which cryptography warns about.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return bool(x509.load_pem_x509_certificates(pem))
+            return all(x509.load_pem_x509_certificate(block) for block in blocks)
         except ValueError:
             return False
 
 
 def _key_loads(pem: bytes) -> bool:
+    """Every PEM block is whole and the private key loads."""
+    if _pem_blocks(pem) is None:
+        return False
     try:
         serialization.load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
@@ -11,6 +12,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from prefect.events import emit_event
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from prefect.utilities.context import get_task_and_flow_run_ids
 
 from cluster_mgmt.identity import ClusterId
@@ -22,6 +29,7 @@ from cluster_mgmt.state import ClusterState
 
 FINGERPRINT_CHARS = 12
 SNAPSHOTS_SHOWN = 20
+WITNESS_LOOKBACK = timedelta(days=366)  # beyond any event retention the server keeps
 
 
 def resource(environment: str, name: str) -> dict[str, str]:
@@ -130,19 +138,53 @@ def update_cluster_artifact(
 
 def api_witness(environment: str, name: str) -> str | None:
     """Why the Prefect API believes the cluster is live (RKE wrote state for it and it was not
-    torn down), or None: an independent witness when its state directory is missing."""
-    key = ClusterId(environment, name).artifact_key
+    torn down), or None: an independent witness when its state directory is missing or empty.
+
+    Two records speak: the latest `cluster-<env>-<name>` artifact and the newest
+    `cluster.provisioned` or `cluster.deleted` event on the cluster's resource. The newer
+    record that says something decides: an artifact saying RKE wrote state, or a
+    `cluster.provisioned` event, says live; an artifact in phase DELETED, or a
+    `cluster.deleted` event, says gone. An artifact saying neither (a run that found no state
+    and failed) clears nothing, so a cluster stays known by its event whatever such runs
+    wrote since.
+    """
+    cluster = ClusterId(environment, name)
     with get_client(sync_client=True) as client:
-        latest = client.read_latest_artifacts(
-            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])),
+        artifacts = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[cluster.artifact_key])
+            ),
             limit=1,
         )
-    if not latest:
+        events = client.read_events(
+            EventFilter(
+                occurred=EventOccurredFilter(since=datetime.now(UTC) - WITNESS_LOOKBACK),
+                event=EventNameFilter(name=["cluster.provisioned", "cluster.deleted"]),
+                resource=EventResourceFilter(id=[cluster.event_resource_id]),
+            ),
+            limit=1,  # the newest
+        ).events
+    said = []  # (when, live, why)
+    if artifacts:
+        latest, key = artifacts[0], cluster.artifact_key
+        metadata = latest.metadata_ or {}
+        when = latest.updated or latest.created
+        if metadata.get("phase") == Phase.DELETED:
+            said.append((when, False, ""))
+        elif metadata.get("rke_state_written") == "true":
+            why = f"the Prefect API's artifact {key} says RKE wrote state for it"
+            said.append((when, True, f"{why} ({latest.description})"))
+    if events:
+        event = events[0]
+        why = (
+            f"the Prefect API's event cluster.provisioned of {event.occurred.isoformat()} "
+            f"(id {event.id}) on {cluster.event_resource_id} says it reached READY"
+        )
+        said.append((event.occurred, event.event == "cluster.provisioned", why))
+    if not said:
         return None
-    metadata = latest[0].metadata_ or {}
-    if metadata.get("rke_state_written") != "true" or metadata.get("phase") == Phase.DELETED:
-        return None
-    return f"the Prefect API's artifact {key} says RKE wrote state for it ({latest[0].description})"
+    _, live, why = max(said, key=lambda record: record[0])
+    return why if live else None
 
 
 @task(name="publish-policy-decision", cache_policy=NO_CACHE)

@@ -17,12 +17,15 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
+from prefect.events.worker import EventsWorker
 from prefect.exceptions import ObjectNotFound
 
-from blocks import ClusterStateVolume
+from blocks import ClusterStateVolume, RkeSettings
 from cluster_mgmt.identity import ClusterId
+from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.state import ClusterState, StateVolume
 from tasks.locks import cluster_lock
+from tasks.reporting import api_witness, emit_event_for
 from tests.flowenv import Env, failure_message
 
 LAB_FIRST_ADDRESS = 70
@@ -73,10 +76,53 @@ def test_a_known_cluster_whose_directory_is_gone_is_refused(env: Env, tmp_path: 
     assert env.logins() == before
     assert env.cluster.read_text("cluster.rkestate") is None
     shutil.rmtree(env.cluster.dir)
+    env.cluster.dir.mkdir(mode=0o700)  # an empty directory: no more state than a missing one
+    empty = env.provision()
+    assert empty.is_failed() and "refusing to provision" in failure_message(empty)
+    assert env.logins() == before
+    assert env.cluster.read_text("cluster.rkestate") is None
+    shutil.rmtree(env.cluster.dir)
     shutil.move(lost, env.cluster.dir)  # recovered: the same request is a no-op again
     again = env.provision()
     assert again.is_completed(), failure_message(again)
     assert ca_of(env.cluster) == ca
+
+
+def witness_of(env: Env, live: bool) -> str | None:
+    """The API's witness for the cluster, polled until it says `live` (events reach the
+    database asynchronously) or 20 s passed."""
+    EventsWorker.drain_all(timeout=10)
+    deadline = time.monotonic() + 20
+    witness = api_witness("test", env.name)
+    while (witness is not None) != live and time.monotonic() < deadline:
+        time.sleep(0.2)
+        witness = api_witness("test", env.name)
+    return witness
+
+
+def test_a_cluster_known_only_by_its_event_is_refused(env: Env):
+    """Its artifact is gone (deleted, or never written to this API), but the
+    `cluster.provisioned` event on its resource still says it reached READY."""
+    emit_event_for("test", env.name, "cluster.provisioned", {"nodes": 3})
+    witness = witness_of(env, live=True)
+    assert witness is not None and "event cluster.provisioned" in witness
+    assert f"cluster-mgmt.cluster.test.{env.name}" in witness
+    before = env.logins()
+    state = env.provision()
+    assert state.is_failed()
+    message = failure_message(state)
+    assert "refusing to provision" in message and "event cluster.provisioned" in message
+    assert env.logins() == before
+    assert env.cluster.read_text("cluster.rkestate") is None
+    # the cluster is really gone: the operator records it with the command the refusal names
+    command = message.rsplit("`prefect ", 1)[1].rstrip("`").split()
+    assert command[:3] == ["event", "emit", "cluster.deleted"]
+    prefect = str(Path(sys.executable).parent / "prefect")
+    done = subprocess.run(
+        [prefect, *command], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert witness_of(env, live=False) is None  # the newer event says it is gone
 
 
 # -- host keys -----------------------------------------------------------------------------------
@@ -147,6 +193,41 @@ def test_a_host_key_changed_during_rke_up_fails_loudly(env: Env):
         env.save_ssh(known_hosts=env.lab.known_hosts())
 
 
+def test_a_host_key_changed_during_rke_remove_fails_loudly(env: Env):
+    # What teardown needs of a cluster is its cluster.yml: skip the provision (time).
+    env.cluster.create()
+    rke = RkeSettings(binary=env.rke)
+    spec = env.spec().with_version(
+        rke.supported_kubernetes_versions, rke.default_kubernetes_version
+    )
+    config = render_cluster_config(spec, ssh_user=env.lab.user)
+    env.cluster.write_text("cluster.yml", dump_cluster_config(config))
+    env.cluster.write_status("READY", "provision", "earlier", "rke up succeeded")
+    env.fault(pause_at="remove", pause_seconds=2)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("state", env.teardown()))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = env.cluster.read_status() if env.cluster.dir.exists() else None
+        if status is not None and status.message == "running rke remove":
+            break
+        time.sleep(0.05)
+    env.lab.nodes[1].rotate_host_key()
+    runner.join(timeout=120)
+    try:
+        state = outcome["state"]
+        assert state.is_failed()
+        message = failure_message(state)
+        assert "no longer matches after rke remove" in message
+        assert env.lab.nodes[1].address in message
+        assert env.cluster.read_status().phase == "FAILED"  # not DELETED, not archived
+        assert StateVolume(env.root).archived("test", env.name) == []
+    finally:
+        env.fault()
+        env.save_ssh(known_hosts=env.lab.known_hosts())
+
+
 # -- races ---------------------------------------------------------------------------------------
 
 
@@ -214,6 +295,7 @@ def test_an_inactive_limit_is_reactivated_and_removed_after_teardown(env: Env):
 HOLDER = """
 import sys, time
 from tasks.locks import cluster_lock
+from tasks.reporting import api_witness, emit_event_for
 with cluster_lock("test", sys.argv[1]):
     print("held", flush=True)
     time.sleep(3600)

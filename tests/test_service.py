@@ -500,7 +500,7 @@ def _alive(processes: dict[int, str]) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-while-ignored", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-while-ignored", "SIGHUP", "SIGKILL"])
 def test_lab_server_leaves_no_process_behind(tmp_path, how):
     lab_cli = str(Path(sys.executable).parent / "cluster-mgmt-lab")
     command = [lab_cli, "server", "--workdir", str(tmp_path / "lab"), "--nodes", "1"]
@@ -527,7 +527,9 @@ def test_lab_server_leaves_no_process_behind(tmp_path, how):
             16,
         )
         assert not ignored & (1 << (signal.SIGINT - 1)), "the server inherited SIGINT ignored"
-        sig = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}.get(how, signal.SIGINT)
+        sig = {"SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP, "SIGKILL": signal.SIGKILL}.get(
+            how, signal.SIGINT
+        )
         process.send_signal(sig)
         process.wait(timeout=60)
         if sig != signal.SIGKILL:
@@ -541,3 +543,76 @@ def test_lab_server_leaves_no_process_behind(tmp_path, how):
         if process.poll() is None:
             kill_tree(process.pid)
         process.wait(timeout=10)
+
+
+def test_demo_stopped_mid_provision_leaves_no_process_behind(tmp_path):
+    """SIGTERM (`timeout`, `docker stop`) while the demo's provision runs: the flow run, the
+    worker, the server and the lab nodes all stop, and the demo says it was stopped."""
+    lab_cli = str(Path(sys.executable).parent / "cluster-mgmt-lab")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    process = subprocess.Popen(
+        [lab_cli, "demo", "--workdir", str(tmp_path / "demo"), "--nodes", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in process.stdout:
+            if "Provisioning demo/web" in line:
+                break
+        else:
+            pytest.fail(f"the demo did not get to its provision (exit {process.wait()})")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the worker has started the flow run
+            started = _started_by(process.pid)
+            if any(b"prefect.engine" in _cmdline(pid) for pid in started):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the worker never started the provision's flow run")
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+        assert process.returncode == 130 and "stopped (SIGTERM)" in output, output
+        deadline = time.monotonic() + 40
+        while _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _alive(started)
+        assert not left, [_cmdline(p) for p in left]
+    finally:
+        if process.poll() is None:
+            kill_tree(process.pid)
+        process.wait(timeout=10)
+
+
+def test_bootstrap_pins_the_volume_and_a_flow_refuses_another(service, lab_nodes, tmp_path):
+    from blocks import ClusterStateVolume
+    from cluster_mgmt.spec import ClusterSpec
+    from cluster_mgmt.state import StateVolume
+    from cluster_mgmt.volume_marker import read_marker
+    from flows.provision import provision_cluster
+
+    pinned = read_marker(service["home"] / "state").volume_id
+    assert ClusterStateVolume.load("default").volume_id == pinned  # the block it created
+    block = ClusterStateVolume.load("default")
+    block.volume_id = None  # a block made before the volume was initialised
+    block.save("default", overwrite=True)
+    again = cli(*service["args"])
+    assert again.returncode == 0, again.stderr
+    assert f"created  volume id {pinned} in block cluster-state-volume/default" in again.stdout
+    assert ClusterStateVolume.load("default").volume_id == pinned
+
+    other = tmp_path / "other"  # another initialised volume where the pinned one should be
+    found = StateVolume(other).initialise().volume_id
+    moved = f"moved-{uuid.uuid4().hex[:6]}"
+    ClusterStateVolume(root=str(other), volume_id=pinned).save(moved)
+    spec = yaml.safe_load(_spec_file(service, lab_nodes, "pinned").read_text())
+    before = [n.accepted_logins() for n in lab_nodes.nodes]
+    state = provision_cluster(spec=ClusterSpec(**spec), state_volume=moved, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(
+        Exception, match=f"is volume {found}, but the cluster-state-volume block expects {pinned}"
+    ):
+        state.result()
+    assert sorted(os.listdir(other)) == ["cluster-mgmt-volume.json"]
+    assert [n.accepted_logins() for n in lab_nodes.nodes] == before

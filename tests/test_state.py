@@ -92,6 +92,28 @@ def rkestate_with_cut_ca() -> str:
     return json.dumps(doc)
 
 
+def with_cut_second_block(pem: str) -> str:
+    """A complete PEM followed by the start of a second one (a torn append)."""
+    return pem + pem[:200]
+
+
+def kubeconfig_with_cut_second_certificate() -> str:
+    whole = b64(cert_pem("kube-admin"))
+    return kubeconfig().replace(whole, b64(with_cut_second_block(cert_pem("kube-admin"))))
+
+
+def kubeconfig_with_cut_second_key() -> str:
+    whole = b64(key_pem("kube-admin"))
+    return kubeconfig().replace(whole, b64(with_cut_second_block(key_pem("kube-admin"))))
+
+
+def rkestate_with_cut_second_ca_block() -> str:
+    doc = json.loads(rkestate(2))
+    bundle = doc["desiredState"]["certificatesBundle"]["kube-ca"]
+    bundle["certificatePEM"] = with_cut_second_block(bundle["certificatePEM"])
+    return json.dumps(doc)
+
+
 CLUSTER_YML = "cluster_name: prod-eu-web\nnodes:\n- address: 10.0.0.1\n  role: [etcd]\n"
 
 
@@ -446,6 +468,9 @@ def test_staging_promotes_after_an_exception(cluster: ClusterState) -> None:
         ("kube_config_cluster.yml", cut_inside_key(kubeconfig(), keep=4)),
         ("kube_config_cluster.yml", without_key(kubeconfig())),
         ("cluster.rkestate", rkestate_with_cut_ca()),
+        ("cluster.rkestate", rkestate_with_cut_second_ca_block()),
+        ("kube_config_cluster.yml", kubeconfig_with_cut_second_certificate()),
+        ("kube_config_cluster.yml", kubeconfig_with_cut_second_key()),
     ],
     ids=[
         "rkestate-truncated",
@@ -458,6 +483,9 @@ def test_staging_promotes_after_an_exception(cluster: ClusterState) -> None:
         "kc-key-is-LS0t",
         "kc-cert-without-key",
         "rkestate-ca-cut-inside-valid-json",
+        "rkestate-ca-then-cut-second-block",
+        "kc-cert-then-cut-second-block",
+        "kc-key-then-cut-second-block",
     ],
 )
 def test_unparsable_file_is_rejected_and_kept(
@@ -838,6 +866,27 @@ def test_a_decision_never_creates_a_cluster_directory(volume: StateVolume) -> No
     with pytest.raises(ClusterNotFoundError):
         gone.record_decision("teardown", {"allowed": False})
     assert not gone.dir.exists()
+
+
+def test_a_decision_racing_a_teardown_leaves_no_phantom_directory(
+    volume: StateVolume, cluster: ClusterState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A denial is recorded without the lock: a teardown that archives the cluster between
+    finding its history directory and writing the entry must not get the directory back."""
+    provision(cluster)
+    found_history = ClusterState._subdir
+
+    def archived_right_after(self: ClusterState, name: str) -> Path:
+        path = found_history(self, name)
+        self.archive()
+        return path
+
+    monkeypatch.setattr(ClusterState, "_subdir", archived_right_after)
+    with pytest.raises(ClusterNotFoundError):
+        cluster.record_decision("teardown", {"allowed": False})
+    assert not cluster.dir.exists()
+    (archived,) = volume.archived("prod", "eu-web")
+    assert not [n for n in os.listdir(archived / "history") if n.endswith("-policy")]
 
 
 # -- the lock protects the directory it was taken for -------------------------------------------
