@@ -22,6 +22,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_UI_URL
 
+from cluster_mgmt.identity import ClusterId, status_key_prefix
 from cluster_mgmt.state import StateError, Status
 
 # Events (a block load emits one) are sent at exit; their "Still processing items" warning would
@@ -152,9 +153,14 @@ def follow(
 
 def cluster_artifacts(environment: str | None = None, name: str | None = None) -> list[Any]:
     """Latest status artifact of each cluster (or of one cluster)."""
-    prefix = f"cluster-{environment}-" if environment else "cluster-"
+    prefix = status_key_prefix(environment)
     if name:
-        key = ArtifactCollectionFilterKey(any_=[f"{prefix}{name}"])
+        try:
+            key = ArtifactCollectionFilterKey(
+                any_=[ClusterId(environment or "", name).artifact_key]
+            )
+        except ValueError:  # not a valid environment/name: there is no such cluster
+            return []
     else:
         key = ArtifactCollectionFilterKey(like_=prefix)  # a substring match on the server
     with api() as client:
