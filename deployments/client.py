@@ -22,6 +22,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_UI_URL
 
+from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.identity import ClusterId, status_key_prefix
 from cluster_mgmt.state import StateError, Status
 
@@ -33,8 +34,8 @@ logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND, DAMAGED = 0, 1, 2, 3, 4, 5
 
 
-class ServiceError(Exception):
-    """A one-line error for the operator, with the exit code to leave with."""
+class ServiceError(ClusterMgmtError):
+    """A one-line error for the operator, with the exit code the CLI leaves with."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
