@@ -154,3 +154,13 @@ def test_no_derived_key_is_built_outside_identity():
             if found and path != REPO / "cluster_mgmt" / "identity.py":
                 built[str(path.relative_to(REPO))] = found
     assert built == {}, "build these with cluster_mgmt.identity"
+
+
+def test_the_cli_refuses_a_bad_identity_as_bad_input():
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    result = CliRunner().invoke(app, ["kubeconfig", "Prod", "web"])
+    assert result.exit_code == 2  # USAGE: nothing was asked of the API
+    assert "environment 'Prod' is not valid: use 1-20 lowercase letters" in result.output
