@@ -57,11 +57,6 @@ def step(name: str) -> Iterator[None]:
         raise ConfigureError(f"{STEP_FAILED}{name}' failed: {exc}") from None
 
 
-def secret_block_name(environment: str, name: str) -> str:
-    """The Prefect Secret block holding the customer kubeconfig, `kubeconfig-<env>-<name>`."""
-    return f"kubeconfig-{environment}-{name}"
-
-
 def configurable(cluster: ClusterState, status: Status | None) -> None:
     """Refuse (RefusedError) to configure a cluster RKE has not brought up: only a READY
     cluster, or one whose configuration failed or was interrupted, may be (re)configured."""

@@ -41,7 +41,7 @@ import yaml
 from cryptography import x509
 
 from cluster_mgmt.atomic import FILE_MODE, atomic_write
-from cluster_mgmt.errors import StateError
+from cluster_mgmt.errors import ClusterMgmtError, StateError
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.state import ClusterState
 from cluster_mgmt.state_files import load_json
@@ -151,7 +151,7 @@ class Transition:
         return f"cluster.health.{self.verdict.lower()}"
 
 
-class ProbeError(Exception):
+class ProbeError(ClusterMgmtError):
     """The cluster cannot be judged through its API: it is Unreachable for this reason."""
 
 

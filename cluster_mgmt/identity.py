@@ -7,6 +7,7 @@ An environment has no dash, so `<prefix>-<env>-<name>` and `<env>-<name>` stay u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from cluster_mgmt.patterns import TextRule
 
@@ -20,6 +21,21 @@ NAME = TextRule(
 
 Environment = ENVIRONMENT.type("environment")
 ClusterName = NAME.type("name")
+
+STATUS_PREFIX = "cluster-"
+"""Starts every status artifact key (and lock name): `cluster-<env>-<name>`."""
+ENVIRONMENTS_DIR = PurePosixPath("environments")
+"""The state volume's folder of environments, relative to its root."""
+
+
+def status_key_prefix(environment: str | None = None) -> str:
+    """What the status artifact keys of every cluster (or of one environment's) start with."""
+    return f"{STATUS_PREFIX}{environment}-" if environment else STATUS_PREFIX
+
+
+def clusters_dir(environment: str) -> PurePosixPath:
+    """An environment's folder of clusters, relative to the volume's root."""
+    return ENVIRONMENTS_DIR / ENVIRONMENT.check(environment, "environment") / "clusters"
 
 
 @dataclass(frozen=True)
@@ -36,7 +52,7 @@ class ClusterId:
     @property
     def lock_name(self) -> str:
         """The Prefect global concurrency limit serialising operations: `cluster-<env>-<name>`."""
-        return f"cluster-{self.environment}-{self.name}"
+        return f"{status_key_prefix(self.environment)}{self.name}"
 
     @property
     def artifact_key(self) -> str:
@@ -47,6 +63,11 @@ class ClusterId:
     def plan_artifact_key(self) -> str:
         """The Prefect artifact holding the cluster's last update plan: `plan-<env>-<name>`."""
         return f"plan-{self.environment}-{self.name}"
+
+    @property
+    def policy_artifact_key(self) -> str:
+        """The Prefect artifact holding the last policy decision: `policy-<env>-<name>`."""
+        return f"policy-{self.environment}-{self.name}"
 
     @property
     def kubeconfig_block(self) -> str:
@@ -62,6 +83,21 @@ class ClusterId:
     def event_resource_id(self) -> str:
         """The resource of the cluster's Prefect events: `cluster-mgmt.cluster.<env>.<name>`."""
         return f"cluster-mgmt.cluster.{self.environment}.{self.name}"
+
+    @property
+    def event_resource(self) -> dict[str, str]:
+        """The resource of the cluster's Prefect events: its id, name and environment label."""
+        return {
+            "prefect.resource.id": self.event_resource_id,
+            "prefect.resource.name": self.rke_cluster_name,
+            "cluster-mgmt.environment": self.environment,
+        }
+
+    @property
+    def state_dir(self) -> PurePosixPath:
+        """The cluster's directory relative to the volume's root:
+        `environments/<env>/clusters/<name>`."""
+        return clusters_dir(self.environment) / self.name
 
     def __str__(self) -> str:
         return f"{self.environment}/{self.name}"

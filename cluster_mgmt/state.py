@@ -32,7 +32,7 @@ from cluster_mgmt.atomic import (
     write_dir,
 )
 from cluster_mgmt.errors import StateError
-from cluster_mgmt.identity import ENVIRONMENT, NAME, ClusterId
+from cluster_mgmt.identity import ENVIRONMENT, ENVIRONMENTS_DIR, NAME, ClusterId, clusters_dir
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.state_files import is_kubeconfig, is_rkestate, is_yaml_mapping, load_json
 from cluster_mgmt.volume_marker import (
@@ -239,7 +239,8 @@ class ClusterState:
     def __init__(self, volume: StateVolume, environment: str, name: str) -> None:
         self.environment = _check_environment(environment)
         self.name = _check_name(name)
-        self.dir = volume.root / "environments" / environment / "clusters" / name
+        self.id = ClusterId(environment, name)
+        self.dir = volume.root / self.id.state_dir
         self._volume = volume
         self.last_promotion: Promotion | None = None
 
@@ -797,14 +798,14 @@ class StateVolume:
 
     def clusters(self, environment: str | None = None) -> list[ClusterState]:
         """Every cluster with state on the volume (archived ones excluded)."""
-        base = self.root / "environments"
         if environment is not None:
             envs = [_check_environment(environment)]
         else:
+            base = self.root / ENVIRONMENTS_DIR
             envs = sorted(p.name for p in base.glob("*") if ENVIRONMENT.matches(p.name))
         found = []
         for env in envs:
-            folder = base / env / "clusters"
+            folder = self.root / clusters_dir(env)
             names = sorted(p.name for p in folder.glob("*") if NAME.matches(p.name))
             found.extend(c for n in names if (c := self.cluster(env, n)).exists())
         return found

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
+from cluster_mgmt.identity import ClusterId, status_key_prefix
 from cluster_mgmt.preflight import HostKeyPolicy
 from deployments.backup_commands import register as register_backup_commands
 from deployments.cluster_commands import register as register_cluster_commands
@@ -170,16 +171,21 @@ def list_clusters(
         found = cluster_artifacts(environment)
     for artifact in found:
         if show_all or phase_of(artifact) != "DELETED":
-            typer.echo(f"{artifact.key.removeprefix('cluster-'):40}  {artifact.description or ''}")
+            label = artifact.key.removeprefix(status_key_prefix())
+            typer.echo(f"{label:40}  {artifact.description or ''}")
 
 
 @app.command()
 def kubeconfig(environment: str, name: str) -> None:
     """Print the customer kubeconfig of a cluster (Secret block kubeconfig-<env>-<name>)."""
-    from deployments.client import NOT_FOUND, secret_block_value
+    from deployments.client import NOT_FOUND, USAGE, secret_block_value
 
+    try:
+        block = ClusterId(environment, name).kubeconfig_block
+    except ValueError as exc:
+        raise _fail(str(exc), USAGE) from None
     with _errors():
-        value = secret_block_value(f"kubeconfig-{environment}-{name}")
+        value = secret_block_value(block)
     if value is None:
         raise _fail(
             f"no customer kubeconfig for {environment}/{name} (the cluster is unknown or not "

@@ -22,6 +22,8 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_UI_URL
 
+from cluster_mgmt.errors import ClusterMgmtError
+from cluster_mgmt.identity import ClusterId, status_key_prefix
 from cluster_mgmt.state import StateError, Status
 
 # Events (a block load emits one) are sent at exit; their "Still processing items" warning would
@@ -32,8 +34,8 @@ logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND, DAMAGED = 0, 1, 2, 3, 4, 5
 
 
-class ServiceError(Exception):
-    """A one-line error for the operator, with the exit code to leave with."""
+class ServiceError(ClusterMgmtError):
+    """A one-line error for the operator, with the exit code the CLI leaves with."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -152,9 +154,14 @@ def follow(
 
 def cluster_artifacts(environment: str | None = None, name: str | None = None) -> list[Any]:
     """Latest status artifact of each cluster (or of one cluster)."""
-    prefix = f"cluster-{environment}-" if environment else "cluster-"
+    prefix = status_key_prefix(environment)
     if name:
-        key = ArtifactCollectionFilterKey(any_=[f"{prefix}{name}"])
+        try:
+            key = ArtifactCollectionFilterKey(
+                any_=[ClusterId(environment or "", name).artifact_key]
+            )
+        except ValueError:  # not a valid environment/name: there is no such cluster
+            return []
     else:
         key = ArtifactCollectionFilterKey(like_=prefix)  # a substring match on the server
     with api() as client:

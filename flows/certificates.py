@@ -17,27 +17,24 @@ from cluster_mgmt.certificates import (
 )
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
+from cluster_mgmt.operations import recorded_config, require_state
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.spec import ClusterName, Environment
 from cluster_mgmt.state import RKESTATE
 from flows.configure import configure
-from flows.maintenance import (
-    check_cluster_nodes,
-    maintenance_policy,
-    recorded_config,
-    require_state,
-)
+from flows.maintenance import maintenance_policy
 from flows.operation import (
+    check_cluster_nodes,
     cluster_operation,
     current_run_id,
     expected_failures,
     finished,
     load_settings,
     report_failure,
-    verify_host_keys,
+    run_rke_step,
 )
 from tasks.reporting import markdown_table, update_cluster_artifact
-from tasks.rke import run_rke
+from tasks.rke import RkeOutcome
 
 
 class RotationError(ClusterMgmtError):
@@ -104,33 +101,35 @@ def rotate_certificates(
         require_state(cluster, "rotate the certificates of")
         before = read_expiries(cluster.read_text(RKESTATE))
         targets, report = check_cluster_nodes(cluster, settings, config)
-        cluster.write_status(
-            Phase.UPDATING, Operation.ROTATE_CERTIFICATES, run_id, f"rotating {what}"
-        )
-        update_cluster_artifact(cluster, nodes=report.rows())
-        outcome = run_rke(
+
+        def with_expiry(outcome: RkeOutcome) -> str:
+            after = read_expiries(cluster.read_text(RKESTATE))
+            table = markdown_table(expiry_rows(before, after))
+            return f"{outcome.summary}\n\n## Certificate expiry\n{table}"
+
+        outcome = run_rke_step(
+            settings,
             cluster,
             "rotate_certificates",
             config_text,
-            settings.private_key,
-            settings.driver,
+            targets=targets,
+            rows=report.rows(),
+            operation=Operation.ROTATE_CERTIFICATES,
+            phase=Phase.UPDATING,
+            message=f"rotating {what}",
+            error=RotationError,
+            retry="rotate again",
+            detail=with_expiry,
             label=Operation.ROTATE_CERTIFICATES,
             services=services,
             rotate_ca=rotate_ca,
         )
-        after = read_expiries(cluster.read_text(RKESTATE))
-        table = markdown_table(expiry_rows(before, after))
-        detail = f"{outcome.summary}\n\n## Certificate expiry\n{table}"
-        if not outcome.result.ok:
-            update_cluster_artifact(cluster, nodes=report.rows(), detail=detail)
-            raise RotationError(f"{outcome.summary}; fix the cause and rotate again")
-        verify_host_keys(settings, cluster, targets, "rke cert rotate")
         message = f"rotated {what}: {outcome.summary}"
         if rotate_ca and has_recorded_access(cluster):
             message += (
                 f"; kubeconfig re-issued: {configure(cluster, Operation.ROTATE_CERTIFICATES)}"
             )
         cluster.write_status(Phase.READY, Operation.ROTATE_CERTIFICATES, run_id, message)
-        update_cluster_artifact(cluster, nodes=report.rows(), detail=detail)
+        update_cluster_artifact(cluster, nodes=report.rows(), detail=with_expiry(outcome))
         logger.info("Cluster %s/%s: %s", environment, name, message)
         return finished(cluster)

@@ -9,6 +9,7 @@ from prefect.states import Completed, State
 
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.operations import recorded_config, require_state
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.redact import redact
 from cluster_mgmt.snapshots import (
@@ -22,25 +23,19 @@ from cluster_mgmt.snapshots import (
 from cluster_mgmt.spec import ClusterName, Environment
 from cluster_mgmt.state import StateVolume
 from flows.configure import configure
-from flows.maintenance import (
-    check_cluster_nodes,
-    etcd_addresses,
-    maintenance_policy,
-    recorded_config,
-    require_state,
-)
+from flows.maintenance import etcd_addresses, maintenance_policy
 from flows.operation import (
     Settings,
+    check_cluster_nodes,
     cluster_operation,
     current_run_id,
     expected_failures,
     finished,
     load_settings,
     report_failure,
-    verify_host_keys,
+    run_rke_step,
 )
 from tasks.reporting import emit_event_for, update_cluster_artifact
-from tasks.rke import run_rke
 from tasks.snapshots import read_snapshot_sizes
 
 
@@ -173,19 +168,20 @@ def _snapshot_one(
         check_new_name(cluster, snapshot_name)
         targets, report = check_cluster_nodes(cluster, settings, config, unreachable_ok=True)
         taken_at = datetime.now(UTC).isoformat(timespec="seconds")
-        outcome = run_rke(
+        outcome = run_rke_step(
+            settings,
             cluster,
             "snapshot",
             config_text,
-            settings.private_key,
-            settings.driver,
+            targets=targets,
+            rows=report.rows(),
+            operation=Operation.SNAPSHOT_ETCD,
+            phase=None,  # a snapshot changes nothing: the cluster's phase stays
+            error=SnapshotFailedError,
+            retry="take it again",
             label=Operation.SNAPSHOT_ETCD,
             name=snapshot_name,
         )
-        if not outcome.result.ok:
-            update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
-            raise SnapshotFailedError(f"{outcome.summary}; fix the cause and take it again")
-        verify_host_keys(settings, cluster, targets, "rke etcd snapshot-save")
         etcd = etcd_addresses(config)
         sizes = read_snapshot_sizes(
             [t for t in targets if t.address in etcd],
@@ -246,23 +242,21 @@ def restore_etcd(
         if require_recorded:
             check_known_name(cluster, snapshot_name)
         targets, report = check_cluster_nodes(cluster, settings, config)
-        cluster.write_status(
-            Phase.UPDATING, Operation.RESTORE_ETCD, run_id, f"restoring snapshot {snapshot_name}"
-        )
-        update_cluster_artifact(cluster, nodes=report.rows())
-        outcome = run_rke(
+        outcome = run_rke_step(
+            settings,
             cluster,
             "restore",
             config_text,
-            settings.private_key,
-            settings.driver,
+            targets=targets,
+            rows=report.rows(),
+            operation=Operation.RESTORE_ETCD,
+            phase=Phase.UPDATING,
+            message=f"restoring snapshot {snapshot_name}",
+            error=RestoreError,
+            retry="restore again",
             label=Operation.RESTORE_ETCD,
             name=snapshot_name,
         )
-        if not outcome.result.ok:
-            update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
-            raise RestoreError(f"{outcome.summary}; fix the cause and restore again")
-        verify_host_keys(settings, cluster, targets, "rke etcd snapshot-restore")
         message = f"restored snapshot {snapshot_name}: {outcome.summary}"
         if has_recorded_access(cluster):
             message += f"; {configure(cluster, Operation.RESTORE_ETCD)}"

@@ -1,4 +1,5 @@
-"""What every mutating flow does around its work: settings, locks, status, failure reporting."""
+"""What every mutating flow does around its work: settings, locks, status, preflight, the rke
+step, failure reporting."""
 
 from __future__ import annotations
 
@@ -18,22 +19,17 @@ from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
 from cluster_mgmt.driver import RkeDriver
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
-from cluster_mgmt.operations import host_key_policy
+from cluster_mgmt.operations import host_key_policy, skipped_nodes
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision, PolicyDeniedError
-from cluster_mgmt.preflight import (
-    HostKeyPolicy,
-    NodeReport,
-    NodeTarget,
-    PreflightReport,
-    load_private_key,
-)
+from cluster_mgmt.preflight import HostKeyPolicy, NodeTarget, PreflightReport, load_private_key
 from cluster_mgmt.redact import RedactingFilter, redact, register_secret
 from cluster_mgmt.state import ClusterNotFoundError, ClusterState, StateVolume, Status
 from tasks.locks import cluster_lock
 from tasks.policy import validate_policy
 from tasks.preflight import NodesUnreachableError, check_nodes
 from tasks.reporting import emit_event_for, update_cluster_artifact
+from tasks.rke import RkeOutcome, run_rke
 
 P = ParamSpec("P")
 
@@ -216,10 +212,63 @@ def preflight_nodes(
     return report, why
 
 
-def preflight_failure(failures: list[NodeReport], why: str | None) -> str:
-    """The one-line refusal for nodes that failed their preflight."""
-    reasons = "; ".join(f"{n.address}: {n.error}" for n in failures)
-    return f"preflight failed, no node was changed: {reasons}" + (f" ({why})" if why else "")
+def run_rke_step(
+    settings: Settings,
+    cluster: ClusterState,
+    command: str,
+    config_text: str,
+    *,
+    targets: list[NodeTarget],
+    rows: list[dict[str, Any]],
+    operation: Operation,
+    phase: Phase | None,
+    message: str = "",
+    spec_hash: str | None = None,
+    error: type[ClusterMgmtError],
+    retry: str,
+    detail: Callable[[RkeOutcome], str] | None = None,
+    **arguments: Any,
+) -> RkeOutcome:
+    """One rke command on a cluster, as every flow runs it.
+
+    `phase` with `message` is recorded and shown in the artifact with the preflight `rows`
+    (None: the phase stays as it is); `run_rke` runs `command` (its `arguments`: `label`,
+    `name`, `services`, `rotate_ca`); a failure is shown in the artifact (`detail(outcome)`,
+    else rke's summary) and raised as `error`: "<summary>; fix the cause and <retry>". After
+    a success the nodes' host keys are checked again, since rke itself ignores them.
+    """
+    if phase is not None:
+        cluster.write_status(phase, operation, current_run_id(), message, spec_hash)
+        update_cluster_artifact(cluster, nodes=rows)
+    outcome = run_rke(
+        cluster, command, config_text, settings.private_key, settings.driver, **arguments
+    )
+    if not outcome.result.ok:
+        shown = detail(outcome) if detail else outcome.summary
+        update_cluster_artifact(cluster, nodes=rows, detail=shown)
+        raise error(f"{outcome.summary}; fix the cause and {retry}")
+    verify_host_keys(settings, cluster, targets, outcome.result.name)
+    return outcome
+
+
+def check_cluster_nodes(
+    cluster: ClusterState,
+    settings: Settings,
+    config: dict[str, Any],
+    *,
+    unreachable_ok: bool = False,
+) -> tuple[list[NodeTarget], PreflightReport]:
+    """Every node's host key, login and Docker checked before rke runs; RefusedError naming
+    the nodes that failed. `unreachable_ok`: a node that does not answer is only a warning."""
+    targets = node_targets(config, settings.access.user)
+    report, why = preflight_nodes(
+        settings, cluster, targets, config.get("kubernetes_version", ""), retry_unreachable=False
+    )
+    for node in skipped_nodes(report, why, unreachable_ok=unreachable_ok):
+        get_run_logger().warning(
+            "Node %s is unreachable; rke will skip it: %s", node.address, node.error
+        )
+    return targets, report
 
 
 def verify_host_keys(

@@ -7,7 +7,7 @@ from prefect.states import State
 
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
-from cluster_mgmt.operations import ProvisionStep, provision_step
+from cluster_mgmt.operations import ProvisionStep, preflight_failure, provision_step
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
@@ -20,14 +20,12 @@ from flows.operation import (
     finished,
     load_settings,
     node_targets,
-    preflight_failure,
     preflight_nodes,
     report_failure,
-    verify_host_keys,
+    run_rke_step,
 )
 from tasks.health import check_cluster_health
 from tasks.reporting import api_witness, emit_cluster_event, update_cluster_artifact
-from tasks.rke import run_rke
 
 
 class ProvisionError(ClusterMgmtError):
@@ -98,18 +96,20 @@ def provision_cluster(
             update_cluster_artifact(cluster, nodes=report.rows())
             raise ProvisionError(preflight_failure(report.failures, why))
 
-        cluster.write_status(
-            Phase.PROVISIONING, Operation.PROVISION, run_id, "running rke up", spec_hash
+        outcome = run_rke_step(
+            settings,
+            cluster,
+            "up",
+            dump_cluster_config(config),
+            targets=targets,
+            rows=report.rows(),
+            operation=Operation.PROVISION,
+            phase=Phase.PROVISIONING,
+            message="running rke up",
+            spec_hash=spec_hash,
+            error=ProvisionError,
+            retry="run provision again: it resumes",
         )
-        outcome = run_rke(
-            cluster, "up", dump_cluster_config(config), settings.private_key, settings.driver
-        )
-        if not outcome.result.ok:
-            update_cluster_artifact(cluster, nodes=report.rows(), detail=outcome.summary)
-            raise ProvisionError(
-                f"{outcome.summary}; fix the cause and run provision again: it resumes"
-            )
-        verify_host_keys(settings, cluster, targets, "rke up")
 
         configured = configure(cluster, Operation.PROVISION, spec.customer)
         cluster.write_status(

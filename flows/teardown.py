@@ -5,40 +5,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.states import State
 
 from cluster_mgmt.atomic import atomic_write
-from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.leftovers import (
     VERIFICATION_FILE,
     NodeLeftovers,
     summary,
     verification_document,
 )
+from cluster_mgmt.operations import recorded_config
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision
 from cluster_mgmt.spec import ClusterName, Environment
 from cluster_mgmt.state import ClusterNotFoundError, ClusterState, Status
 from flows.operation import (
     Settings,
+    check_cluster_nodes,
     check_policy,
     cluster_operation,
     current_run_id,
     expected_failures,
     finished,
     load_settings,
-    node_targets,
-    preflight_nodes,
     report_failure,
-    verify_host_keys,
+    run_rke_step,
 )
 from tasks.kube import delete_customer_kubeconfig
 from tasks.locks import remove_cluster_lock
 from tasks.preflight import find_leftovers
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
-from tasks.rke import run_rke
 
 
 class TeardownError(ClusterMgmtError):
@@ -97,33 +95,22 @@ def _remove(
 ) -> tuple[Status, Path]:
     """Preflight, `rke remove --force`, host keys checked again, leftovers, DELETED, archive."""
     logger = get_run_logger()
-    config_text = cluster.read_text("cluster.yml")
-    if config_text is None:
-        raise RefusedError(
-            f"cluster {cluster.environment}/{cluster.name} has no cluster.yml on the state "
-            "volume: nothing RKE could remove; check the environment and name"
-        )
+    config_text, config = recorded_config(cluster)
     cluster.record_decision(Operation.TEARDOWN, decision.to_dict())
-    config = yaml.safe_load(config_text)
-    targets = node_targets(config, settings.access.user)
-    report, why = preflight_nodes(
-        settings, cluster, targets, config.get("kubernetes_version", ""), retry_unreachable=False
+    targets, report = check_cluster_nodes(cluster, settings, config, unreachable_ok=True)
+    outcome = run_rke_step(
+        settings,
+        cluster,
+        "remove",
+        config_text,
+        targets=targets,
+        rows=report.rows(),
+        operation=Operation.TEARDOWN,
+        phase=Phase.DELETING,
+        message="running rke remove",
+        error=TeardownError,
+        retry="run teardown again",
     )
-    refused = [n for n in report.failures if n.reachable]
-    if refused:
-        reasons = "; ".join(f"{n.address}: {n.error}" for n in refused)
-        raise RefusedError(
-            f"preflight failed, nothing was removed: {reasons}" + (f" ({why})" if why else "")
-        )
-    for node in report.failures:
-        logger.warning("Node %s is unreachable; RKE will skip it: %s", node.address, node.error)
-
-    cluster.write_status(Phase.DELETING, Operation.TEARDOWN, run_id, "running rke remove")
-    update_cluster_artifact(cluster, nodes=report.rows())
-    outcome = run_rke(cluster, "remove", config_text, settings.private_key, settings.driver)
-    if not outcome.result.ok:
-        raise TeardownError(f"{outcome.summary}; fix the cause and run teardown again")
-    verify_host_keys(settings, cluster, targets, "rke remove")
     leftovers = find_leftovers(targets, settings.access, cluster.read_text("known_hosts") or "")
     for node in leftovers:
         if node.result != "clean":

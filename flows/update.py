@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.operations import preflight_failure
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.rke_config import dump_cluster_config
 from cluster_mgmt.spec import ClusterSpec
@@ -19,14 +20,12 @@ from flows.operation import (
     finished,
     load_settings,
     node_targets,
-    preflight_failure,
     preflight_nodes,
     report_failure,
-    verify_host_keys,
+    run_rke_step,
 )
 from flows.plan import make_plan, resolve_version
 from tasks.reporting import emit_cluster_event, update_cluster_artifact
-from tasks.rke import run_rke
 
 
 class UpdateError(ClusterMgmtError):
@@ -138,17 +137,19 @@ def _rke_up(
         if not report.ok:
             update_cluster_artifact(cluster, nodes=rows)
             raise UpdateError(preflight_failure(report.failures, why))
-    cluster.write_status(Phase.UPDATING, Operation.UPDATE, run_id, "running rke up", spec_hash)
-    outcome = run_rke(
+    outcome = run_rke_step(
+        settings,
         cluster,
         "up",
         dump_cluster_config(config),
-        settings.private_key,
-        settings.driver,
+        targets=targets,
+        rows=rows,
+        operation=Operation.UPDATE,
+        phase=Phase.UPDATING,
+        message="running rke up",
+        spec_hash=spec_hash,
+        error=UpdateError,
+        retry="run update again: it resumes",
         label=Operation.UPDATE,
     )
-    if not outcome.result.ok:
-        update_cluster_artifact(cluster, nodes=rows, detail=outcome.summary)
-        raise UpdateError(f"{outcome.summary}; fix the cause and run update again: it resumes")
-    verify_host_keys(settings, cluster, targets, "rke up")
     return outcome.summary, rows

@@ -92,11 +92,12 @@ def _still_ignored(*_: object) -> None:
 def migrated_database(cache_dir: Path) -> Path:
     """A migrated SQLite database for this Prefect version (0600), made once and then copied.
 
-    Migrations are half of a fresh server's start-up; a copy starts in about 5 s.
+    Migrations are half of a fresh server's start-up; a copy starts in about 5 s. The cache
+    directory is made 0700 on every call, also when it (and the template) already existed.
     """
+    private_dir(cache_dir)
     template = cache_dir / f"prefect-{version('prefect')}.db"
     if not template.exists():
-        private_dir(cache_dir)
         partial = template.with_suffix(f".{os.getpid()}.tmp")
         env = {
             **os.environ,

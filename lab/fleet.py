@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from cluster_mgmt.identity import ClusterId
 from cluster_mgmt.state import StateVolume
 from lab.kube.apiserver import ApiServer, Handler, _pod_status, _ready_condition, _Server
 from lab.kube.store import Store
@@ -325,7 +326,7 @@ class Fleet:
     def _write_cluster(self, name: str, host: str, own: Pki, fault: str | None) -> None:
         cluster = self.volume.cluster(self.environment, name)
         cluster.create()
-        cluster_name = f"{self.environment}-{name}"
+        cluster_name = ClusterId(self.environment, name).rke_cluster_name
         nodes = [{"address": host, "user": "rke", "role": ["controlplane", "etcd", "worker"]}]
         cluster.write_text(
             "cluster.yml",

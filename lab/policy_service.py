@@ -1,4 +1,4 @@
-"""Lab Policy Management Service: real HTTPS on loopback, the design's contract, fault modes.
+"""Lab Policy Management Service: real HTTPS on loopback, the API of docs/contracts.md, fault modes.
 
 A stand-in for another team's service, so it shares no code with `cluster_mgmt`: it reads the
 same YAML policy file (by default the project's `cluster_mgmt/policy.yaml`, by path) with its

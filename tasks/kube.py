@@ -45,7 +45,7 @@ def _store(cluster: ClusterState, credentials: access.Credentials) -> bool:
     changed = cluster.read_text(CUSTOMER_KUBECONFIG) != credentials.kubeconfig
     if changed:
         cluster.write_text(CUSTOMER_KUBECONFIG, credentials.kubeconfig)
-    name = access.secret_block_name(cluster.environment, cluster.name)
+    name = cluster.id.kubeconfig_block
     try:
         current = Secret.load(name).get()
     except ValueError:  # no such block yet
@@ -74,7 +74,7 @@ def configure_customer_access(
         credentials = access.ensure_credentials(
             kube,
             admin_kubeconfig,
-            f"{cluster.environment}-{cluster.name}",
+            cluster.id.rke_cluster_name,
             customer,
             cluster.read_text(CUSTOMER_KUBECONFIG),
             rotate=rotate,
@@ -150,7 +150,7 @@ def delete_managed_resource(cluster: ClusterState, name: str, objects: list[dict
 def delete_customer_kubeconfig(cluster: ClusterState) -> None:
     """Delete Secret block `kubeconfig-<env>-<name>` and the customer kubeconfig file."""
     with suppress(ValueError):  # no such block
-        Secret.delete(access.secret_block_name(cluster.environment, cluster.name))
+        Secret.delete(cluster.id.kubeconfig_block)
     remove_file(cluster, CUSTOMER_KUBECONFIG)
 
 

@@ -6,11 +6,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.ssh import NodeSshAccess
+from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.leftovers import NodeLeftovers, check_leftovers
 from cluster_mgmt.preflight import NodeTarget, PreflightReport, preflight
 
 
-class NodesUnreachableError(RuntimeError):
+class NodesUnreachableError(ClusterMgmtError):
     """Some nodes could not be reached (and nothing worse happened): worth another try."""
 
     def __init__(self, report: PreflightReport) -> None:

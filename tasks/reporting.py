@@ -34,11 +34,7 @@ WITNESS_LOOKBACK = timedelta(days=366)  # beyond any event retention the server 
 
 def resource(environment: str, name: str) -> dict[str, str]:
     """The event resource of one cluster."""
-    return {
-        "prefect.resource.id": ClusterId(environment, name).event_resource_id,
-        "prefect.resource.name": f"{environment}-{name}",
-        "cluster-mgmt.environment": environment,
-    }
+    return ClusterId(environment, name).event_resource
 
 
 def emit_event_for(environment: str, name: str, event: str, payload: dict[str, Any]) -> None:
@@ -125,7 +121,7 @@ def update_cluster_artifact(
     with get_client(sync_client=True) as client:
         client.create_artifact(
             ArtifactCreate(
-                key=ClusterId(cluster.environment, cluster.name).artifact_key,
+                key=cluster.id.artifact_key,
                 type="markdown",
                 data=redact("\n".join(parts)),
                 description=one_line_status(cluster),
@@ -194,7 +190,7 @@ def publish_decision(environment: str, name: str, decision: Decision) -> None:
         {"rule": "-", "message": "no violations", "severity": "-"}
     ]
     create_table_artifact(
-        key=f"policy-{environment}-{name}",
+        key=ClusterId(environment, name).policy_artifact_key,
         table=[{k: redact(str(v)) for k, v in row.items()} for row in rows],
         description=redact(f"Policy decision for {environment}/{name}: {decision.summary()}"),
     )
