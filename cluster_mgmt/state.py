@@ -476,7 +476,7 @@ class ClusterState:
         archive = (
             f"archive (newest {archived[-1].name})" if archived else "archive (none on this volume)"
         )
-        resource = ClusterId(self.environment, self.name).event_resource_id
+        resource = self.id.event_resource_id
         return (
             f"refusing to provision {self.environment}/{self.name}: {witness}, but the state "
             f"volume {self._volume.root} holds no state for it ({self.dir} is missing or empty). "
