@@ -16,7 +16,7 @@ from cluster_mgmt.state import (
     KNOWN_HOSTS,
     RKESTATE,
     ClusterState,
-    StateMissingError,
+    StateLostError,
 )
 from cluster_mgmt.state_files import is_rkestate
 
@@ -39,7 +39,7 @@ def provision_step(
     """
     if not cluster.rke_state_written():
         if witness:
-            raise StateMissingError(cluster.known_elsewhere_message(witness))
+            raise StateLostError(cluster.known_elsewhere_message(witness))
         return ProvisionStep.CREATE
     status = cluster.read_status()
     if (status.spec_hash if status else None) != spec_hash:

@@ -31,7 +31,7 @@ from cluster_mgmt.atomic import (
     remove_debris,
     write_dir,
 )
-from cluster_mgmt.errors import StateError
+from cluster_mgmt.errors import RefusedError, StateError
 from cluster_mgmt.identity import ENVIRONMENT, ENVIRONMENTS_DIR, NAME, ClusterId, clusters_dir
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.state_files import is_kubeconfig, is_rkestate, is_yaml_mapping, load_json
@@ -118,6 +118,11 @@ class ClusterBusyError(StateError):
 
 class StateMissingError(StateError):
     """RKE already wrote state for the cluster but its cluster.rkestate is missing or unreadable."""
+
+
+class StateLostError(StateMissingError, RefusedError):
+    """Another record says the cluster is live, but the volume holds no state for it: refused,
+    and nothing is recorded, so that record (the API's witness) stays as it was."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from prefect.events.worker import EventsWorker
 from prefect.exceptions import ObjectNotFound
 
@@ -75,6 +76,9 @@ def test_a_known_cluster_whose_directory_is_gone_is_refused(env: Env, tmp_path: 
     assert "recover-cluster-state" in message and "--source" in message and "rke-util" in message
     assert env.logins() == before
     assert env.cluster.read_text("cluster.rkestate") is None
+    # a refusal records nothing: no FAILED status, and the API's witness is not overwritten
+    assert env.cluster.read_status() is None
+    assert latest_artifact_description(env).startswith("READY")
     shutil.rmtree(env.cluster.dir)
     env.cluster.dir.mkdir(mode=0o700)  # an empty directory: no more state than a missing one
     empty = env.provision()
@@ -86,6 +90,18 @@ def test_a_known_cluster_whose_directory_is_gone_is_refused(env: Env, tmp_path: 
     again = env.provision()
     assert again.is_completed(), failure_message(again)
     assert ca_of(env.cluster) == ca
+
+
+def latest_artifact_description(env: Env) -> str:
+    """The description of the cluster artifact's newest version (its one-line status)."""
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[ClusterId("test", env.name).artifact_key])
+            ),
+            limit=1,
+        )
+    return latest.description or ""
 
 
 def witness_of(env: Env, live: bool) -> str | None:
