@@ -17,6 +17,7 @@ from cluster_mgmt.leftovers import (
     summary,
     verification_document,
 )
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision
 from cluster_mgmt.spec import ClusterName, Environment
@@ -50,10 +51,10 @@ class TeardownError(ClusterMgmtError):
 def teardown_cluster(
     environment: Environment,
     name: ClusterName,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Remove a cluster from its nodes with `rke remove --force`, delete the customer
     kubeconfig (Secret block `kubeconfig-<env>-<name>` and file) and archive its state.

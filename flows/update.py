@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.rke_config import dump_cluster_config
 from cluster_mgmt.spec import ClusterSpec
@@ -37,10 +38,10 @@ class UpdateError(ClusterMgmtError):
 @expected_failures
 def update_cluster(
     spec: ClusterSpec,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Apply a changed spec to an existing cluster with `rke up`.
 
