@@ -17,7 +17,7 @@ from flows.operation import expected_failures
 from tasks.ebs import take_snapshot
 
 
-@flow(name="backup-state")
+@flow(name="backup-state", validate_parameters=False)
 @expected_failures
 def backup_state(
     state_volume: BlockName = "default",

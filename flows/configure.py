@@ -43,7 +43,7 @@ def configure(cluster: ClusterState, operation: str, customer: CustomerAccess | 
     return summary + (f"; managed resources applied: {', '.join(names)}" if names else "")
 
 
-@flow(name="configure-cluster", on_failure=[report_failure])
+@flow(name="configure-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def configure_cluster(
     environment: Environment, name: ClusterName, state_volume: BlockName = "default"

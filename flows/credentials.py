@@ -24,7 +24,7 @@ from tasks.kube import configure_customer_access
 from tasks.reporting import update_cluster_artifact
 
 
-@flow(name="rotate-customer-credentials", on_failure=[report_failure])
+@flow(name="rotate-customer-credentials", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def rotate_customer_credentials(
     environment: Environment, name: ClusterName, state_volume: BlockName = "default"

@@ -58,7 +58,7 @@ class SweepError(ClusterMgmtError):
     """Some clusters of an environment could not be snapshotted; the message lists them."""
 
 
-@flow(name="snapshot-etcd", on_failure=[report_failure])
+@flow(name="snapshot-etcd", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def snapshot_etcd(
     environment: Environment,
@@ -202,7 +202,7 @@ def _snapshot_one(
         return message
 
 
-@flow(name="restore-etcd", on_failure=[report_failure])
+@flow(name="restore-etcd", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def restore_etcd(
     environment: Environment,

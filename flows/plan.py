@@ -40,7 +40,7 @@ def make_plan(
     return plan, config
 
 
-@flow(name="plan-cluster")
+@flow(name="plan-cluster", validate_parameters=False)
 @expected_failures
 def plan_cluster(
     spec: ClusterSpec,

@@ -35,7 +35,7 @@ class ProvisionError(ClusterMgmtError):
     """Provisioning stopped; the message says why and what to do."""
 
 
-@flow(name="provision-cluster", on_failure=[report_failure])
+@flow(name="provision-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def provision_cluster(
     spec: ClusterSpec,

@@ -32,7 +32,7 @@ class RecoveryError(ClusterMgmtError):
     """The state was recovered but the cluster does not answer with it."""
 
 
-@flow(name="recover-cluster-state", on_failure=[report_failure])
+@flow(name="recover-cluster-state", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def recover_cluster_state(
     environment: Environment,

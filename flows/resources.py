@@ -65,7 +65,7 @@ def _outcome(cluster: ClusterState, operation: str, message: str, failed: bool) 
     return finished(cluster)
 
 
-@flow(name="apply-managed-resource", on_failure=[report_failure])
+@flow(name="apply-managed-resource", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def apply_managed_resource(
     environment: Environment,
@@ -103,7 +103,7 @@ def apply_managed_resource(
         return _outcome(cluster, APPLY, message, failed=False)
 
 
-@flow(name="delete-managed-resource", on_failure=[report_failure])
+@flow(name="delete-managed-resource", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def delete_managed_resource(
     environment: Environment,

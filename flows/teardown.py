@@ -46,7 +46,7 @@ class TeardownError(ClusterMgmtError):
     """Teardown stopped; the message says why and what to do."""
 
 
-@flow(name="teardown-cluster", on_failure=[report_failure])
+@flow(name="teardown-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def teardown_cluster(
     environment: Environment,
