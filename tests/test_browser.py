@@ -118,6 +118,23 @@ ALLOWED_CONSOLE_ERRORS = [
 ]
 
 
+# Where the artifact's table lies on the page: its right edge, the viewport's and the page's
+# widths, and every other visible element it overlaps (a side panel it runs into).
+FITS = """table => {
+  const t = table.getBoundingClientRect();
+  const overlaps = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.contains(table) || table.contains(el)) continue;
+    const r = el.getBoundingClientRect(), style = getComputedStyle(el);
+    if (!r.width || !r.height || style.visibility === 'hidden') continue;
+    if (r.left < t.right && r.right > t.left && r.top < t.bottom && r.bottom > t.top)
+      overlaps.push(`${el.tagName}.${el.className} ${Math.round(r.left)}-${Math.round(r.right)}`);
+  }
+  return {right: t.right, viewport: window.innerWidth, overlaps,
+          page_width: document.documentElement.scrollWidth};
+}"""
+
+
 # --- the embedded default with the lab ---------------------------------------------------------
 
 
@@ -388,6 +405,12 @@ def test_operator_provisions_a_cluster_from_the_form_and_reads_its_artifact(ui, 
     assert [r[0] for r in rows] == [f"{n['address']}:{n['port']}" for n in lab.spec["nodes"]]
     for row in rows:
         assert row[1] == "ok" and re.fullmatch(r"SHA256:\S{12}…", row[5]), row
+    layout = page.get_by_role("table").evaluate(FITS)
+    assert not layout["overlaps"] and layout["right"] <= layout["viewport"], layout
+    assert layout["page_width"] <= layout["viewport"], layout  # no horizontal scrolling
+
+    server = lab.api("GET", "/admin/settings").json()["server"]
+    assert (server["analytics_enabled"], server["ui"]["show_promotional_content"]) == (False, False)
 
     assert watch.leaks(lab.auth_string) and watch.leaks(lab.private_key), "leak check is blind"
     watch.assert_clean()
