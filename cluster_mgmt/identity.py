@@ -26,6 +26,8 @@ CLUSTER_REF = TextRule(
 Environment = ENVIRONMENT.type("environment")
 ClusterName = NAME.type("name")
 ClusterRef = CLUSTER_REF.stated()
+# An environment to filter by, which the flow checks itself (`StateVolume.clusters`).
+EnvironmentFilter = ENVIRONMENT.stated()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from blocks import ClusterStateVolume
 from blocks.loading import BlockNotFoundError, load_block
 from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.health import HealthSettings
-from cluster_mgmt.identity import Environment
+from cluster_mgmt.identity import EnvironmentFilter
 from cluster_mgmt.patterns import BlockName, RunId
 from cluster_mgmt.shards import ShardedSweep, assign, check_shards
 from flows.operation import install_redaction
@@ -40,7 +40,7 @@ DEPLOYMENT = "monitor-clusters/default"
 
 @flow(name="monitor-clusters")
 def monitor_clusters(
-    environment: Environment | None = None,
+    environment: EnvironmentFilter | None = None,
     state_volume: BlockName = "default",
     sweeps_to_change: int = 2,
     expiry_warning_days: int = 30,
