@@ -322,6 +322,23 @@ def ui_base(page: Page) -> str:
     return re.match(r"^(http://[^/]+/[^/]+)/", page.url).group(1)
 
 
+def open_artifact_key(page: Page, key: str) -> None:
+    """On the artifacts page: search for `key` and click it in the list. A click on the list
+    while it is re-rendered is lost (on a busy machine): then the key is clicked again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    page.get_by_placeholder("Search artifacts").fill(key)
+    page.wait_for_url(re.compile(rf"[?&]name={re.escape(key)}(&|$)"))
+    for attempt in range(3):
+        page.get_by_text(key, exact=True).click()
+        try:
+            page.wait_for_url(re.compile(rf"/artifacts/key/{re.escape(key)}$"), timeout=10_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+
+
 def open_custom_run(ui: Ui) -> None:
     """Deployments → provision-cluster/default → Run → Custom run."""
     page = ui.page
@@ -392,9 +409,7 @@ def test_operator_provisions_a_cluster_from_the_form_and_reads_its_artifact(ui, 
     # Artifacts page → key cluster-<env>-<name> → its latest version.
     key = f"cluster-{environment}-{name}"
     page.goto(f"{ui_base(page)}/artifacts")
-    page.get_by_placeholder("Search artifacts").fill(key)
-    page.get_by_text(key, exact=True).click()
-    page.wait_for_url(re.compile(rf"/artifacts/key/{key}$"))
+    open_artifact_key(page, key)
     page.get_by_text(re.compile(r"^READY: ")).first.wait_for()  # visible, within the timeout
     watch.snapshot(page, "artifact-key")
     page.get_by_role("link").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
@@ -459,9 +474,7 @@ def test_operator_finds_the_monitor_schedule_and_the_fleet_table(ui, tmp_path):
     assert final.inner_text() == "Completed", lab.api("GET", f"/flow_runs/{run_id}").json()
 
     page.goto(f"{ui_base(page)}/artifacts")
-    page.get_by_placeholder("Search artifacts").fill("fleet-health")
-    page.get_by_text("fleet-health", exact=True).click()
-    page.wait_for_url(re.compile(r"/artifacts/key/fleet-health$"))
+    open_artifact_key(page, "fleet-health")
     page.get_by_role("link").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
     page.get_by_role("table").wait_for()
     watch.snapshot(page, "fleet-table")
