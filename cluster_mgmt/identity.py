@@ -19,8 +19,16 @@ NAME = TextRule(
     "starting and ending with a letter or digit",
 )
 
+# A cluster named in one string, as an operator types it to confirm an operation.
+CLUSTER_REF = TextRule(
+    f"{ENVIRONMENT.body}/{NAME.body}", 61, "type the cluster as <environment>/<name>"
+)
+
 Environment = ENVIRONMENT.type("environment")
 ClusterName = NAME.type("name")
+ClusterRef = CLUSTER_REF.stated()
+# An environment to filter by, which the flow checks itself (`StateVolume.clusters`).
+EnvironmentFilter = ENVIRONMENT.stated()
 
 STATUS_PREFIX = "cluster-"
 """Starts every status artifact key (and lock name): `cluster-<env>-<name>`."""

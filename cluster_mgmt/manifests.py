@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import WithJsonSchema
 
 from cluster_mgmt.atomic import fsync_dir
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.kube import Kube, KubeError, describe
+from cluster_mgmt.patterns import DNS_LABEL, TextRule
 from cluster_mgmt.state import ClusterState
 
 # Prefect refuses flow runs whose parameters exceed 512 KiB serialised (JSON escaping can grow
 # YAML text): manifests are bounded well below that, with a message saying what to do.
 MAX_MANIFEST_BYTES = 256 * 1024
-RESOURCE_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+RESOURCE_NAME = TextRule(
+    DNS_LABEL,
+    63,
+    "use at most 63 lowercase letters, digits and '-', starting and ending with a letter or "
+    "digit (no '/', '.' or spaces)",
+)
+ResourceName = RESOURCE_NAME.stated()
+# The form bounds characters; the flow bounds UTF-8 bytes (at least as many).
+Manifest = Annotated[str, WithJsonSchema({"type": "string", "maxLength": MAX_MANIFEST_BYTES})]
 CUSTOMER_RECORD = "cluster-mgmt-customer"  # the customer's access objects (cluster_mgmt.customer)
 DEFAULT_NAMESPACE = "default"
 API_VERSION = re.compile(r"(?:[a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+(?:(?:alpha|beta)[0-9]+)?")
@@ -41,11 +51,8 @@ def record_file(resource_name: str) -> str:
 
 def check_resource_name(name: str, *, reserved_ok: bool = False) -> str:
     """`name` if it can name a managed resource (a DNS-1123 label, not reserved)."""
-    if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name):
-        raise ManifestError(
-            f"resource name {name!r} is not a DNS-1123 label: use at most 63 lowercase letters, "
-            "digits and '-', starting and ending with a letter or digit (no '/', '.' or spaces)"
-        )
+    if not isinstance(name, str) or not RESOURCE_NAME.matches(name):
+        raise ManifestError(f"resource name {name!r} is not a DNS-1123 label: {RESOURCE_NAME.fix}")
     if name == CUSTOMER_RECORD and not reserved_ok:
         raise ManifestError(
             f"resource name {name!r} is reserved for the customer's access; pick another name"

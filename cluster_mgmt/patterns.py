@@ -63,6 +63,25 @@ class TextRule:
             WithJsonSchema(self.json_schema()),
         ]
 
+    def stated(self) -> Any:
+        """A `str` type whose JSON schema states the rule (the form and the server check it);
+        the code using the value checks it with its own message (`matches`)."""
+        return Annotated[str, WithJsonSchema(self.json_schema())]
+
+
+# Prefect's block document names: lowercase letters, digits and dashes.
+BLOCK_NAME = TextRule(
+    r"[-a-z0-9]{1,200}",
+    200,
+    "use the block's name as the Prefect UI lists it: lowercase letters, digits and '-'",
+)
+# A flow run's id, as Prefect spells it.
+RUN_ID = TextRule(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", 36, "give a flow run id"
+)
+BlockName = BLOCK_NAME.stated()
+RunId = RUN_ID.stated()
+
 
 def omit_null(schema: dict[str, Any]) -> None:
     """Show an optional field as the plain field it is: no `null` branch, no `null` default.
@@ -76,3 +95,15 @@ def omit_null(schema: dict[str, Any]) -> None:
         schema.update(kept)
     if "default" in schema and schema["default"] is None:
         del schema["default"]
+
+
+def plain_optional_parameters(properties: dict[str, dict[str, Any]]) -> None:
+    """Show each parameter defaulting to None as a plain field (`omit_null`), in place.
+
+    Prefect wraps every flow parameter in a pydantic field of its own whose `json_schema_extra`
+    it sets, so a parameter's annotation cannot drop the `null` branch: the deployment's
+    schema is fixed once made. Without a default, the server still accepts an explicit `null`.
+    """
+    for prop in properties.values():
+        if "default" in prop and prop["default"] is None:
+            omit_null(prop)

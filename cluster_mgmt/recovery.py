@@ -23,6 +23,7 @@ from cryptography import x509
 
 from cluster_mgmt.errors import RefusedError
 from cluster_mgmt.node_shell import NodeAccess, NodeCommandError, node_path, run_command
+from cluster_mgmt.patterns import TextRule
 from cluster_mgmt.preflight import NodeTarget
 from cluster_mgmt.state import (
     CLUSTER_YML,
@@ -48,6 +49,15 @@ STATE_KEY = "full-cluster-state"
 RESTORED = (KUBECONFIG, CLUSTER_YML, KNOWN_HOSTS, CUSTOMER_KUBECONFIG)
 """Files a source directory may give besides cluster.rkestate (with managed resources)."""
 _VALID = {RKESTATE: is_rkestate, KUBECONFIG: is_kubeconfig, CLUSTER_YML: is_yaml_mapping}
+
+
+# A history or archive entry is a directory named `<stamp>-<operation>` or `<name>-<stamp>`.
+HISTORY_ENTRY = TextRule(
+    r"[0-9A-Za-z](?:[-.0-9A-Za-z]{0,118}[0-9A-Za-z])?",
+    120,
+    "give an entry's directory name as the cluster's history or archive lists it (no '/')",
+)
+HistoryEntry = HISTORY_ENTRY.stated()
 
 
 class RecoverySource(StrEnum):

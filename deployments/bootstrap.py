@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from blocks import AwsCredentials, ClusterStateVolume, NodeSshAccess, PolicyService, RkeSettings
 from cluster_mgmt.identity import ENVIRONMENT
+from cluster_mgmt.patterns import plain_optional_parameters
 from cluster_mgmt.preflight import load_private_key
 from cluster_mgmt.state import StateVolume
 from cluster_mgmt.volume_marker import read_marker
@@ -228,6 +229,8 @@ def _apply_deployments(
             entrypoint_type=EntrypointType.MODULE_PATH,
             enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
         )
+        # optional parameters as plain fields in the form (Prefect's `deploy` sets it so too)
+        plain_optional_parameters(deployment._parameter_openapi_schema.properties)
         deployment.apply()
         report.kept.append(f"deployment {flow.name}/{spec['name']} (applied)")
 

@@ -11,16 +11,17 @@ from pydantic import Field
 from blocks import AwsCredentials, ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt.backup import prepare, snapshot_target
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.redact import register_secret
 from flows.operation import expected_failures
 from tasks.ebs import take_snapshot
 
 
-@flow(name="backup-state")
+@flow(name="backup-state", validate_parameters=False)
 @expected_failures
 def backup_state(
-    state_volume: str = "default",
-    aws_credentials: str = "default",
+    state_volume: BlockName = "default",
+    aws_credentials: BlockName = "default",
     retain: Annotated[int, Field(ge=1, le=1000)] = 7,
 ) -> State:
     """Take an EBS snapshot of the state volume, tagged with the clusters it holds, wait for

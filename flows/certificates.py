@@ -17,7 +17,9 @@ from cluster_mgmt.certificates import (
 )
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
+from cluster_mgmt.identity import ClusterRef
 from cluster_mgmt.operations import recorded_config, require_state
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.spec import ClusterName, Environment
 from cluster_mgmt.state import RKESTATE
@@ -41,7 +43,7 @@ class RotationError(ClusterMgmtError):
     """rke could not rotate the certificates; the message says why."""
 
 
-@flow(name="rotate-certificates", on_failure=[report_failure])
+@flow(name="rotate-certificates", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def rotate_certificates(
     environment: Environment,
@@ -49,7 +51,7 @@ def rotate_certificates(
     services: list[RotatableService] = [],  # noqa: B006 - Prefect copies parameters per run
     rotate_ca: bool = False,
     confirm_rotate_ca: Annotated[
-        str | None,
+        ClusterRef | None,
         Field(
             description=(
                 "Required with rotate_ca: the cluster's '<environment>/<name>', typed out to "
@@ -57,10 +59,10 @@ def rotate_certificates(
             )
         ),
     ] = None,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Renew a cluster's certificates with `rke cert rotate`; the artifact shows each
     certificate's expiry before and after.

@@ -11,6 +11,7 @@ from prefect.states import State
 from blocks import ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt import customer as access
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.spec import ClusterName, CustomerAccess, Environment
 from cluster_mgmt.state import ClusterState
@@ -42,10 +43,10 @@ def configure(cluster: ClusterState, operation: str, customer: CustomerAccess | 
     return summary + (f"; managed resources applied: {', '.join(names)}" if names else "")
 
 
-@flow(name="configure-cluster", on_failure=[report_failure])
+@flow(name="configure-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def configure_cluster(
-    environment: Environment, name: ClusterName, state_volume: str = "default"
+    environment: Environment, name: ClusterName, state_volume: BlockName = "default"
 ) -> State:
     """Configure a cluster for its customer again: namespace, service account, RBAC, token
     Secret, customer kubeconfig (file and Secret block), then every managed resource.

@@ -9,6 +9,7 @@ from blocks import ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt import customer as access
 from cluster_mgmt.errors import RefusedError
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.spec import ClusterName, Environment
 from flows.operation import (
@@ -23,10 +24,10 @@ from tasks.kube import configure_customer_access
 from tasks.reporting import update_cluster_artifact
 
 
-@flow(name="rotate-customer-credentials", on_failure=[report_failure])
+@flow(name="rotate-customer-credentials", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def rotate_customer_credentials(
-    environment: Environment, name: ClusterName, state_volume: str = "default"
+    environment: Environment, name: ClusterName, state_volume: BlockName = "default"
 ) -> State:
     """Give the customer a new token: a new token Secret, the customer kubeconfig (file and
     Secret block `kubeconfig-<env>-<name>`) updated, and only once the new token was accepted

@@ -10,6 +10,7 @@ from prefect.states import Completed, State
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.operations import recorded_config, require_state
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.redact import redact
 from cluster_mgmt.snapshots import (
@@ -52,16 +53,16 @@ class SweepError(ClusterMgmtError):
     """Some clusters of an environment could not be snapshotted; the message lists them."""
 
 
-@flow(name="snapshot-etcd", on_failure=[report_failure])
+@flow(name="snapshot-etcd", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def snapshot_etcd(
     environment: Environment,
     name: ClusterName | None = None,
     snapshot_name: SnapshotName | None = None,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Take a named etcd snapshot with `rke etcd snapshot-save` and record it in the cluster's
     snapshots.json (listed in its artifact).
@@ -197,17 +198,17 @@ def _snapshot_one(
         return message
 
 
-@flow(name="restore-etcd", on_failure=[report_failure])
+@flow(name="restore-etcd", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def restore_etcd(
     environment: Environment,
     name: ClusterName,
     snapshot_name: SnapshotName,
     require_recorded: bool = True,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Restore a cluster's etcd from a snapshot with `rke etcd snapshot-restore`, then
     configure it again (customer access, managed resources).

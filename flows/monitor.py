@@ -23,6 +23,8 @@ from blocks import ClusterStateVolume
 from blocks.loading import BlockNotFoundError, load_block
 from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.health import HealthSettings
+from cluster_mgmt.identity import EnvironmentFilter
+from cluster_mgmt.patterns import BlockName, RunId
 from cluster_mgmt.shards import ShardedSweep, assign, check_shards
 from flows.operation import install_redaction
 from tasks.health import (
@@ -38,15 +40,15 @@ DEPLOYMENT = "monitor-clusters/default"
 
 @flow(name="monitor-clusters")
 def monitor_clusters(
-    environment: str | None = None,
-    state_volume: str = "default",
+    environment: EnvironmentFilter | None = None,
+    state_volume: BlockName = "default",
     sweeps_to_change: int = 2,
     expiry_warning_days: int = 30,
     probe_timeout_seconds: float = 5.0,
     concurrency: int = 200,
     shards: int = 1,
     shard: int | None = None,
-    sweep: str | None = None,
+    sweep: RunId | None = None,
     shard_attempts: int = 2,
     shard_timeout_seconds: float = 240.0,
 ) -> State:

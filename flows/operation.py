@@ -9,11 +9,12 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, get_type_hints
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
+from pydantic import TypeAdapter, ValidationError
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
@@ -59,20 +60,48 @@ def install_redaction() -> None:
 
 def expected_failures(fn: Callable[P, State]) -> Callable[P, State]:
     """End a flow refused, denied or stopped for a reason the operator can fix with a Failed
-    state carrying that one-line reason, not a traceback; anything else still raises."""
+    state carrying that one-line reason, not a traceback; anything else still raises.
+
+    Parameters are checked here, so the flow sets `validate_parameters=False`: a value that
+    JSON Schema lets through but a validator refuses (two nodes with one address) ends the run
+    with the validator's message, where Prefect's own check would log the whole request.
+    """
+    signature = inspect.signature(fn, eval_str=True)
+    hints = get_type_hints(fn, include_extras=True)
+    adapters = {name: TypeAdapter(hints[name]) for name in signature.parameters}
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> State:
         try:
-            return fn(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            problems = []
+            for name, value in bound.arguments.items():
+                try:
+                    bound.arguments[name] = adapters[name].validate_python(value)
+                except ValidationError as exc:
+                    problems += [_problem(name, error) for error in exc.errors()]
+            if problems:
+                raise InvalidParametersError(
+                    f"invalid parameters, nothing was done: {'; '.join(problems)}"
+                )
+            return fn(*bound.args, **bound.kwargs)
         except ClusterMgmtError as exc:
             message = redact(str(exc))
             get_run_logger().error("%s", message)
             return Failed(message=message)
 
     # Prefect reads the parameters from the signature: resolve its annotations where `fn` lives.
-    wrapper.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
     return wrapper
+
+
+class InvalidParametersError(RefusedError):
+    """A parameter that its validator refuses; nothing was done."""
+
+
+def _problem(parameter: str, error: Any) -> str:
+    where = ".".join([parameter, *map(str, error["loc"])])
+    return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
 
 
 def load_settings(ssh_access: str, state_volume: str, rke_settings: str) -> Settings:

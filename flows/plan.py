@@ -7,6 +7,7 @@ from prefect.states import Completed, State
 
 from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
 from blocks.loading import load_block
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.plan import Plan, plan_update, read_applied
 from cluster_mgmt.redact import redact
 from cluster_mgmt.rke_config import render_cluster_config
@@ -39,13 +40,13 @@ def make_plan(
     return plan, config
 
 
-@flow(name="plan-cluster")
+@flow(name="plan-cluster", validate_parameters=False)
 @expected_failures
 def plan_cluster(
     spec: ClusterSpec,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
 ) -> State:
     """Show what update-cluster would do with `spec`: nodes added and removed, the Kubernetes
     version change, settings changed, what RKE restarts, and what would be refused and why.

@@ -8,6 +8,7 @@ from prefect.states import State
 from cluster_mgmt.customer import has_recorded_access
 from cluster_mgmt.errors import ClusterMgmtError
 from cluster_mgmt.operations import ProvisionStep, preflight_failure, provision_step
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.rke_config import dump_cluster_config, render_cluster_config
 from cluster_mgmt.spec import ClusterSpec
@@ -32,14 +33,14 @@ class ProvisionError(ClusterMgmtError):
     """Provisioning stopped; the message says why and what to do."""
 
 
-@flow(name="provision-cluster", on_failure=[report_failure])
+@flow(name="provision-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def provision_cluster(
     spec: ClusterSpec,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Create an RKE cluster on the spec's nodes and keep its state on the state volume.
 

@@ -10,8 +10,9 @@ from cluster_mgmt.atomic import FILE_MODE, atomic_write
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.kube import KubeError, connect
 from cluster_mgmt.node_shell import NodeAccess
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
-from cluster_mgmt.recovery import Recovered, RecoverySource, files_to_restore
+from cluster_mgmt.recovery import HistoryEntry, Recovered, RecoverySource, files_to_restore
 from cluster_mgmt.spec import ClusterName, Environment
 from cluster_mgmt.state import KUBECONFIG, RKE_FILES, ClusterState
 from flows.operation import (
@@ -31,17 +32,17 @@ class RecoveryError(ClusterMgmtError):
     """The state was recovered but the cluster does not answer with it."""
 
 
-@flow(name="recover-cluster-state", on_failure=[report_failure])
+@flow(name="recover-cluster-state", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def recover_cluster_state(
     environment: Environment,
     name: ClusterName,
     source: RecoverySource,
-    entry: str | None = None,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    entry: HistoryEntry | None = None,
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Rebuild cluster.rkestate and the admin kubeconfig (and cluster.yml, known_hosts, the
     customer kubeconfig and managed resources when the source has them and the cluster lost

@@ -9,7 +9,14 @@ from prefect.states import Failed, State
 from blocks import ClusterStateVolume
 from blocks.loading import load_block
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
-from cluster_mgmt.manifests import check_resource_name, parse_manifest, read_record
+from cluster_mgmt.manifests import (
+    Manifest,
+    ResourceName,
+    check_resource_name,
+    parse_manifest,
+    read_record,
+)
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Phase
 from cluster_mgmt.redact import redact
 from cluster_mgmt.spec import ClusterName, Environment
@@ -58,14 +65,14 @@ def _outcome(cluster: ClusterState, operation: str, message: str, failed: bool) 
     return finished(cluster)
 
 
-@flow(name="apply-managed-resource", on_failure=[report_failure])
+@flow(name="apply-managed-resource", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def apply_managed_resource(
     environment: Environment,
     name: ClusterName,
-    resource_name: str,
-    manifest: str,
-    state_volume: str = "default",
+    resource_name: ResourceName,
+    manifest: Manifest,
+    state_volume: BlockName = "default",
 ) -> State:
     """Server-side apply a multi-document YAML manifest to a READY cluster and record it as
     managed resource `resource_name` (replacing an earlier version, whose dropped objects are
@@ -76,7 +83,7 @@ def apply_managed_resource(
         environment: The cluster's environment.
         name: The cluster's name.
         resource_name: Name of the managed resource (a DNS-1123 label).
-        manifest: The YAML documents (at most 1 MiB; no Secrets: parameters are stored in
+        manifest: The YAML documents (at most 256 KiB of UTF-8; no Secrets: parameters are stored in
             plain text).
         state_volume: Name of the `cluster-state-volume` block.
     """
@@ -96,13 +103,13 @@ def apply_managed_resource(
         return _outcome(cluster, APPLY, message, failed=False)
 
 
-@flow(name="delete-managed-resource", on_failure=[report_failure])
+@flow(name="delete-managed-resource", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def delete_managed_resource(
     environment: Environment,
     name: ClusterName,
-    resource_name: str,
-    state_volume: str = "default",
+    resource_name: ResourceName,
+    state_volume: BlockName = "default",
 ) -> State:
     """Delete the objects of managed resource `resource_name` from a READY cluster, then its
     record.

@@ -17,6 +17,7 @@ from cluster_mgmt.leftovers import (
     verification_document,
 )
 from cluster_mgmt.operations import recorded_config
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.policy import Decision
 from cluster_mgmt.spec import ClusterName, Environment
@@ -43,15 +44,15 @@ class TeardownError(ClusterMgmtError):
     """Teardown stopped; the message says why and what to do."""
 
 
-@flow(name="teardown-cluster", on_failure=[report_failure])
+@flow(name="teardown-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def teardown_cluster(
     environment: Environment,
     name: ClusterName,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Remove a cluster from its nodes with `rke remove --force`, delete the customer
     kubeconfig (Secret block `kubeconfig-<env>-<name>` and file) and archive its state.

@@ -7,6 +7,7 @@ from prefect.states import State
 
 from cluster_mgmt.errors import ClusterMgmtError, RefusedError
 from cluster_mgmt.operations import preflight_failure
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.phases import Operation, Phase
 from cluster_mgmt.rke_config import dump_cluster_config
 from cluster_mgmt.spec import ClusterSpec
@@ -32,14 +33,14 @@ class UpdateError(ClusterMgmtError):
     """An update stopped; the message says why and what to do."""
 
 
-@flow(name="update-cluster", on_failure=[report_failure])
+@flow(name="update-cluster", on_failure=[report_failure], validate_parameters=False)
 @expected_failures
 def update_cluster(
     spec: ClusterSpec,
-    ssh_access: str = "default",
-    state_volume: str = "default",
-    rke_settings: str = "default",
-    policy: str = "default",
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
+    rke_settings: BlockName = "default",
+    policy: BlockName = "default",
 ) -> State:
     """Apply a changed spec to an existing cluster with `rke up`.
 

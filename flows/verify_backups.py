@@ -15,7 +15,9 @@ from blocks import ClusterStateVolume, NodeSshAccess
 from blocks.loading import BlockNotFoundError, load_block
 from cluster_mgmt.backups import DrillSettings
 from cluster_mgmt.errors import ClusterMgmtError
+from cluster_mgmt.identity import EnvironmentFilter
 from cluster_mgmt.node_shell import NodeAccess
+from cluster_mgmt.patterns import BlockName
 from cluster_mgmt.preflight import load_private_key
 from cluster_mgmt.redact import register_secret
 from flows.operation import install_redaction
@@ -24,9 +26,9 @@ from tasks.backups import drill_backups, publish_backup_report, report_key
 
 @flow(name="verify-backups")
 def verify_backups(
-    environment: str | None = None,
-    ssh_access: str = "default",
-    state_volume: str = "default",
+    environment: EnvironmentFilter | None = None,
+    ssh_access: BlockName = "default",
+    state_volume: BlockName = "default",
     timeout_seconds: float = 1800.0,
     concurrency: int = 8,
 ) -> State:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -134,3 +135,24 @@ def failure_message(state) -> str:
     except Exception as exc:  # noqa: BLE001 - we want the failure's text
         return str(exc)
     return ""
+
+
+def assert_fails_cleanly(state, fix: str) -> None:
+    """The run failed as the Prefect UI should show it: its logs (read through the API) have
+    no traceback and exactly one error line, the run's one-line message, saying `fix`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    assert state.is_failed()
+    APILogWorker.drain_all(timeout=10)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert logs, "the run's logs did not reach the API"
+    text = "\n".join(log.message for log in logs)
+    assert "Traceback" not in text, text
+    errors = [log.message for log in logs if log.level >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "\n" not in errors[0] and fix in errors[0], errors
+    assert errors[0] == failure_message(state)

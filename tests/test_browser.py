@@ -118,6 +118,23 @@ ALLOWED_CONSOLE_ERRORS = [
 ]
 
 
+# Where the artifact's table lies on the page: its right edge, the viewport's and the page's
+# widths, and every other visible element it overlaps (a side panel it runs into).
+FITS = """table => {
+  const t = table.getBoundingClientRect();
+  const overlaps = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.contains(table) || table.contains(el)) continue;
+    const r = el.getBoundingClientRect(), style = getComputedStyle(el);
+    if (!r.width || !r.height || style.visibility === 'hidden') continue;
+    if (r.left < t.right && r.right > t.left && r.top < t.bottom && r.bottom > t.top)
+      overlaps.push(`${el.tagName}.${el.className} ${Math.round(r.left)}-${Math.round(r.right)}`);
+  }
+  return {right: t.right, viewport: window.innerWidth, overlaps,
+          page_width: document.documentElement.scrollWidth};
+}"""
+
+
 # --- the embedded default with the lab ---------------------------------------------------------
 
 
@@ -305,6 +322,23 @@ def ui_base(page: Page) -> str:
     return re.match(r"^(http://[^/]+/[^/]+)/", page.url).group(1)
 
 
+def open_artifact_key(page: Page, key: str) -> None:
+    """On the artifacts page: search for `key` and click it in the list. A click on the list
+    while it is re-rendered is lost (on a busy machine): then the key is clicked again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    page.get_by_placeholder("Search artifacts").fill(key)
+    page.wait_for_url(re.compile(rf"[?&]name={re.escape(key)}(&|$)"))
+    for attempt in range(3):
+        page.get_by_text(key, exact=True).click()
+        try:
+            page.wait_for_url(re.compile(rf"/artifacts/key/{re.escape(key)}$"), timeout=10_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+
+
 def open_custom_run(ui: Ui) -> None:
     """Deployments → provision-cluster/default → Run → Custom run."""
     page = ui.page
@@ -375,9 +409,7 @@ def test_operator_provisions_a_cluster_from_the_form_and_reads_its_artifact(ui, 
     # Artifacts page → key cluster-<env>-<name> → its latest version.
     key = f"cluster-{environment}-{name}"
     page.goto(f"{ui_base(page)}/artifacts")
-    page.get_by_placeholder("Search artifacts").fill(key)
-    page.get_by_text(key, exact=True).click()
-    page.wait_for_url(re.compile(rf"/artifacts/key/{key}$"))
+    open_artifact_key(page, key)
     page.get_by_text(re.compile(r"^READY: ")).first.wait_for()  # visible, within the timeout
     watch.snapshot(page, "artifact-key")
     page.get_by_role("link").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
@@ -388,6 +420,12 @@ def test_operator_provisions_a_cluster_from_the_form_and_reads_its_artifact(ui, 
     assert [r[0] for r in rows] == [f"{n['address']}:{n['port']}" for n in lab.spec["nodes"]]
     for row in rows:
         assert row[1] == "ok" and re.fullmatch(r"SHA256:\S{12}…", row[5]), row
+    layout = page.get_by_role("table").evaluate(FITS)
+    assert not layout["overlaps"] and layout["right"] <= layout["viewport"], layout
+    assert layout["page_width"] <= layout["viewport"], layout  # no horizontal scrolling
+
+    server = lab.api("GET", "/admin/settings").json()["server"]
+    assert (server["analytics_enabled"], server["ui"]["show_promotional_content"]) == (False, False)
 
     assert watch.leaks(lab.auth_string) and watch.leaks(lab.private_key), "leak check is blind"
     watch.assert_clean()
@@ -436,9 +474,7 @@ def test_operator_finds_the_monitor_schedule_and_the_fleet_table(ui, tmp_path):
     assert final.inner_text() == "Completed", lab.api("GET", f"/flow_runs/{run_id}").json()
 
     page.goto(f"{ui_base(page)}/artifacts")
-    page.get_by_placeholder("Search artifacts").fill("fleet-health")
-    page.get_by_text("fleet-health", exact=True).click()
-    page.wait_for_url(re.compile(r"/artifacts/key/fleet-health$"))
+    open_artifact_key(page, "fleet-health")
     page.get_by_role("link").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
     page.get_by_role("table").wait_for()
     watch.snapshot(page, "fleet-table")

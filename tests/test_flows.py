@@ -26,7 +26,7 @@ from prefect.logging.handlers import APILogWorker
 from blocks import ClusterStateVolume, RkeSettings
 from flows.provision import provision_cluster
 from tests.conftest import AUTH_STRING
-from tests.flowenv import Env, failure_message
+from tests.flowenv import Env, assert_fails_cleanly, failure_message
 
 LAB_FIRST_ADDRESS = 20
 RKE_FILES = ("cluster.yml", "cluster.rkestate", "kube_config_cluster.yml")
@@ -284,8 +284,8 @@ def test_a_different_spec_is_refused_and_the_cluster_stays_ready(env: Env):
     assert env.provision().is_completed()
     ups = len(list(env.cluster.history_dir.glob("*-up")))
     state = env.provision(env.spec().model_copy(update={"network_plugin": "calico"}))
-    assert state.is_failed()
     assert "different spec (changed: network.plugin)" in failure_message(state)
+    assert_fails_cleanly(state, "apply the change with update-cluster")
     assert env.cluster.read_status().phase == "READY"
     assert len(list(env.cluster.history_dir.glob("*-up"))) == ups
     assert env.provision().is_completed()  # the original spec: nothing to do

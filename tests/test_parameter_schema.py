@@ -21,8 +21,11 @@ from prefect.utilities.schema_tools.validation import validate
 from pydantic import ValidationError
 
 from cluster_mgmt import spec as spec_module
-from cluster_mgmt.identity import ENVIRONMENT, NAME
-from cluster_mgmt.patterns import TextRule
+from cluster_mgmt.identity import CLUSTER_REF, ENVIRONMENT, NAME
+from cluster_mgmt.manifests import MAX_MANIFEST_BYTES, RESOURCE_NAME
+from cluster_mgmt.patterns import BLOCK_NAME, RUN_ID, TextRule, plain_optional_parameters
+from cluster_mgmt.recovery import HISTORY_ENTRY
+from cluster_mgmt.snapshots import SNAPSHOT_NAME
 from cluster_mgmt.spec import ADDRESS_SCHEMA, ClusterSpec
 from deployments.bootstrap import (
     SNAPSHOT_FLOW,
@@ -180,16 +183,76 @@ def test_optional_fields_are_plain_fields_in_the_form():
     assert '"anyOf"' not in text and '"oneOf"' not in text and '{"type": "null"}' not in text
 
 
+# Every string parameter of every deployment and the rule its schema states (None: free text,
+# bounded by maxLength only). A new string parameter fails the tests until it is listed here.
+PARAMETER_RULES: dict[str, TextRule | None] = {
+    "environment": ENVIRONMENT,
+    "name": NAME,
+    "resource_name": RESOURCE_NAME,
+    "snapshot_name": SNAPSHOT_NAME,
+    "entry": HISTORY_ENTRY,
+    "confirm_rotate_ca": CLUSTER_REF,
+    "sweep": RUN_ID,
+    **dict.fromkeys(
+        ("ssh_access", "state_volume", "rke_settings", "policy", "aws_credentials"), BLOCK_NAME
+    ),
+    "manifest": None,
+}
+# A good value of each required parameter of any deployment, and a value no rule accepts.
+GOOD = {
+    "environment": "prod",
+    "name": "web",
+    "resource_name": "app",
+    "manifest": "kind: ConfigMap\n",
+    "snapshot_name": "snap-1",
+    "source": "history",
+    "spec": with_spec(),
+}
+BAD = "Bad_Name/x"
+
+
+def _flow_schemas() -> dict[str, dict]:
+    """Each deployed flow's parameter schema as bootstrap stores it, by flow name."""
+    made = {}
+    for declared in deployment_specs():
+        flow = load_flow(declared["entrypoint"])
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        plain_optional_parameters(schema["properties"])
+        made[flow.name] = schema
+    return made
+
+
+FLOW_SCHEMAS = _flow_schemas()
+
+
+@pytest.mark.parametrize("flow_name", sorted(FLOW_SCHEMAS))
+def test_every_parameter_is_a_plain_field_stating_its_rule(flow_name):
+    schema = FLOW_SCHEMAS[flow_name]
+    for name, prop in schema["properties"].items():
+        assert "anyOf" not in prop and prop.get("type") != "null", (flow_name, name, prop)
+        if "default" in prop:  # a default keeps its own rule
+            alone = {**schema, "properties": {name: prop}, "required": []}
+            assert schema_accepts(alone, {name: prop["default"]}), (flow_name, name)
+        if prop.get("type") != "string":
+            continue
+        assert name in PARAMETER_RULES, f"{flow_name}: string parameter {name} has no rule"
+        rule = PARAMETER_RULES[name]
+        if rule is None:
+            assert "pattern" not in prop and prop["maxLength"] == MAX_MANIFEST_BYTES
+        else:
+            assert (prop["pattern"], prop["maxLength"]) == (rule.pattern, rule.max_length), name
+
+
 def _rules() -> dict[str, str]:
     rules = {
         name: value.pattern
         for name, value in vars(spec_module).items()
         if isinstance(value, TextRule)
     }
+    named = {rule.pattern for rule in PARAMETER_RULES.values() if rule}
     return {
         **rules,
-        "ENVIRONMENT": ENVIRONMENT.pattern,
-        "NAME": NAME.pattern,
+        **{f"parameter rule {i}": pattern for i, pattern in enumerate(sorted(named))},
         "ADDRESS": ADDRESS_SCHEMA["pattern"],
     }
 
@@ -208,8 +271,9 @@ def _sample_strings() -> list[str]:
             for item in value:
                 walk(item)
 
-    walk([request for request, _ in AGREE] + PYTHON_ONLY)
-    return sorted(found | {"fe80::1%eth0", "web\r", "\u0661", "a\u212a"})
+    walk([request for request, _ in AGREE] + PYTHON_ONLY + list(GOOD.values()))
+    extra = {"fe80::1%eth0", "web\r", "\u0661", "a\u212a", BAD, "-", "snap.zip", "a..b"}
+    return sorted(found | extra | {str(uuid.UUID(int=7)), "20260101T000000.000001Z-up"})
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run JavaScript")
@@ -265,6 +329,7 @@ def test_every_deployment_enforces_its_parameter_schema(deployed):
         assert deployment.enforce_parameter_schema is True
         stored = deployment.parameter_openapi_schema
         expected = parameter_schema(flow.fn).model_dump_for_openapi()
+        plain_optional_parameters(expected["properties"])
         for part in ("properties", "required", "definitions"):
             assert (stored.get(part) or None) == (expected.get(part) or None), part
 
@@ -288,6 +353,47 @@ def test_the_api_refuses_a_bad_request_before_a_run_exists(deployed, flow_name, 
     detail = refused.value.response.json()["detail"]
     assert detail.startswith("Error creating flow run: Validation failed") and field in detail
     assert len(_runs(deployed, deployment.id)) == before
+
+
+def test_no_deployment_shows_an_optional_parameter_as_a_type_chooser(deployed):
+    for flow_name in FLOW_SCHEMAS:
+        stored = deployed.read_deployment_by_name(f"{flow_name}/default").parameter_openapi_schema
+        text = json.dumps(stored)
+        assert '"anyOf"' not in text and '{"type": "null"}' not in text, flow_name
+
+
+@pytest.mark.parametrize("flow_name", sorted(FLOW_SCHEMAS))
+def test_the_api_refuses_a_bad_name_for_every_deployment(deployed, flow_name):
+    """Each string parameter in turn gets a value its rule refuses: the server answers 409
+    and no run carries the value; good values, with an explicit null for each optional
+    parameter (as a sharded monitor sweep sends them), make a run."""
+    deployment = deployed.read_deployment_by_name(f"{flow_name}/default")
+    schema = deployment.parameter_openapi_schema
+    required = {name: GOOD[name] for name in schema.get("required", [])}
+    checked = [name for name in schema["properties"] if name in PARAMETER_RULES]
+    assert checked, flow_name
+    too_long = "x" * (MAX_MANIFEST_BYTES + 1)
+    for name in checked:
+        bad = BAD if PARAMETER_RULES[name] else too_long
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            deployed.create_flow_run_from_deployment(
+                deployment.id, parameters={**required, name: bad}
+            )
+        assert refused.value.response.status_code == 409, name
+        assert f"field '{name}'" in refused.value.response.json()["detail"], name
+    runs = _runs(deployed, deployment.id)
+    assert not [r.id for r in runs if {BAD, too_long} & set(map(str, r.parameters.values()))]
+
+    nulls = {
+        name: None
+        for name, prop in schema["properties"].items()
+        if name not in required and "default" not in prop
+    }
+    run = deployed.create_flow_run_from_deployment(deployment.id, parameters={**required, **nulls})
+    try:
+        assert run.state.is_scheduled()
+    finally:
+        deployed.delete_flow_run(run.id)
 
 
 @pytest.mark.parametrize(
