@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from lab.kube.supervisor import ENV
 from lab.nodes import LabNodes
@@ -697,8 +697,16 @@ def test_crud_through_the_dynamic_client(admin, tmp_path, api_version, kind, nam
     assert (created["kind"], created["metadata"]["name"]) == (kind, name)
     assert api.get(name=name, **where).metadata.uid == created["metadata"]["uid"]
     assert name in [i.metadata.name for i in api.get(**where).items]
-    created["metadata"]["labels"] = {"step": "replaced"}
-    replaced = api.replace(body=created, **where).to_dict()
+    for _ in range(5):  # as client-go's RetryOnConflict: a controller may write status meanwhile
+        current = api.get(name=name, **where).to_dict()
+        current["metadata"]["labels"] = {"step": "replaced"}
+        try:
+            replaced = api.replace(body=current, **where).to_dict()
+            break
+        except ConflictError:
+            continue
+    else:
+        pytest.fail(f"{kind} {name}: replace conflicted 5 times in a row")
     assert replaced["metadata"]["labels"] == {"step": "replaced"}
     patched = api.patch(
         name=name,
