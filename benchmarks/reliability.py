@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import threading
 import time
 
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--first-address", type=int, default=90, help="lab nodes' 127.0.0.x")
     parser.add_argument("--minutes", type=float, default=0, help="stop starting trials after")
     args = parser.parse_args()
+    for sig in (signal.SIGINT, signal.SIGHUP):  # lanes start workers from threads: no handlers
+        signal.signal(sig, signal.SIG_DFL)
     server, work = bench_server("bench-reliability-")
     from lab import rke_binary
     from lab.kube.supervisor import ENV, LabSupervisor
