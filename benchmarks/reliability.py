@@ -42,9 +42,7 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGHUP):  # lanes start workers from threads: no handlers
         signal.signal(sig, signal.SIG_DFL)
     server, work = bench_server("bench-reliability-")
-    from lab import rke_binary
-    from lab.kube.supervisor import ENV, LabSupervisor
-    from lab.nodes import LabNodes
+    from lab.kube.supervisor import LabSupervisor
 
     lanes = [("R1", i, args.r1) for i in range(args.r1_lanes) if args.r1]
     lanes += [("R2", i, args.r2) for i in range(args.r2_lanes) if args.r2]
@@ -52,24 +50,34 @@ def main() -> None:
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     results: dict[str, list] = {"R1": [], "R2": []}
     started = time.monotonic()
-    with (
-        server,
-        supervisor,
-        LabNodes(work / "nodes", len(lanes), first_address=args.first_address) as nodes,
-    ):
+    with server:
+        from blocks import ClusterStateVolume, NodeSshAccess, RkeSettings
+
+        for block in (ClusterStateVolume, NodeSshAccess, RkeSettings):  # once, not per lane
+            block.register_type_and_schema()
+        run_lanes(args, lanes, work, server, supervisor, deadline, results)
+    report(results, time.monotonic() - started)
+
+
+def run_lanes(args, lanes, work, server, supervisor, deadline, results) -> None:
+    """Every lane in a thread of its own, on one lab node each."""
+    from lab import rke_binary
+    from lab.kube.supervisor import ENV
+    from lab.nodes import LabNodes
+
+    first = args.first_address
+    with supervisor, LabNodes(work / "nodes", len(lanes), first_address=first) as nodes:
         env = {ENV: supervisor.socket_path}
         threads = []
         for n, (label, index, total) in enumerate(lanes):
-            count = total // sum(1 for lane in lanes if lane[0] == label)
-            count += index < total % sum(1 for lane in lanes if lane[0] == label)
+            share = sum(1 for lane in lanes if lane[0] == label)
+            count = total // share + (index < total % share)
             lane = Lane(label, index, count, nodes, n, work, server, env, args, deadline)
             threads.append(threading.Thread(target=lane.run, args=(rke_binary(), results)))
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    seconds = time.monotonic() - started
-    report(results, seconds)
 
 
 class Lane:
