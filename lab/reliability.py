@@ -319,11 +319,11 @@ def has_state(cluster: ClusterState) -> bool:
     return cluster.dir.exists() and cluster.read_text("cluster.rkestate") is not None
 
 
-def calibrate(lab: Lab) -> None:
-    """Time a provision and a teardown (slow state writes on), unkilled: where kill instants
-    are drawn from. Leaves no cluster."""
+def calibrate(lab: Lab, operations: tuple[str, ...] = ("provision", "teardown")) -> None:
+    """Time `operations` (slow state writes on), unkilled, in turn: where kill instants are
+    drawn from. With the default, leaves no cluster."""
     lab.service.fault(slow_state_write=1.0)
-    for operation in ("provision", "teardown"):
+    for operation in operations:
         run_id = lab.start(operation)
         started = _wait_for(lambda r=run_id: flow_run_pid(r))
         final = lab.service.wait(run_id)
@@ -333,6 +333,18 @@ def calibrate(lab: Lab) -> None:
         calls = [c for c in lab.service.rke_calls(run_id) if c["event"] == "end"]
         lab.durations[RKE_COMMAND[operation]] = max(c["end"] - c["start"] for c in calls)
     lab.service.fault()
+
+
+def _rke_started(lab: Lab, run_id: UUID, timeout: float = 300) -> bool:
+    """Wait for the run's rke; False if the run ended without one."""
+    deadline = time.monotonic() + timeout
+    while not rke_pids(lab.root):
+        if int(time.monotonic() * 50) % 50 == 0 and lab.service.is_final(run_id):
+            return False  # about once a second
+        if time.monotonic() > deadline:
+            raise TimeoutError("the run never started rke")
+        time.sleep(0.02)
+    return True
 
 
 def _wait_for(probe, timeout: float = 120, every: float = 0.02) -> float:
@@ -425,8 +437,9 @@ def _kill_at_random_instant(
 ) -> tuple[bool, str, float]:
     """Kill `target` of the run at a random instant; whether it landed, the phase, the instant."""
     process_started = _wait_for(lambda: flow_run_pid(run_id))
+    if target == "rke" and not _rke_started(lab, run_id):
+        return False, "ended before rke", 0.0
     if target == "rke":
-        _wait_for(lambda: rke_pids(lab.root))
         instant = rng.uniform(0, lab.durations[RKE_COMMAND[operation]])
         time.sleep(instant)
     else:
@@ -450,7 +463,13 @@ def _kill_at_random_instant(
     return pid in landed and engine in landed, phase, instant
 
 
-def r1_trial(lab: Lab, rng: random.Random, tally: Tally, targets: tuple[str, ...] = TARGETS) -> str:
+def r1_trial(
+    lab: Lab,
+    rng: random.Random,
+    tally: Tally,
+    targets: tuple[str, ...] = TARGETS,
+    operations: tuple[str, ...] = ("provision", "teardown"),
+) -> str:
     """One kill -9 trial (counted only if the kill landed); what was killed, when, where.
 
     A killed flow-run process or worker leaves the cluster's Prefect lease held until it
@@ -458,7 +477,7 @@ def r1_trial(lab: Lab, rng: random.Random, tally: Tally, targets: tuple[str, ...
     """
     cluster = lab.cluster
     exists = has_state(cluster)
-    operation = rng.choice(["provision", "teardown"]) if exists else "provision"
+    operation = rng.choice(operations) if exists else "provision"
     target = rng.choice(targets)
     if operation == "provision" and exists:
         cluster.write_status("FAILED", "provision", "trial", "interrupted")  # resume: rke up

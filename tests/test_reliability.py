@@ -96,15 +96,17 @@ def test_a_race_where_both_fail_early_or_overlap_is_no_pass():
 # -- a short R1 and R2 ------------------------------------------------------------------------
 
 
-def test_r1_kills_of_rke_land_and_never_lose_state_and_reruns_converge(env: Env, svc):
+def test_r1_a_kill_of_rke_lands_never_loses_state_and_the_rerun_converges(env: Env, svc):
+    """Kills of the flow-run process or the worker hold the cluster's lease ~75 s: those run
+    in the benchmark only."""
     lab, tally, rng = lab_of(env, svc), Tally(), random.Random(1)
-    calibrate(lab)
-    for _ in range(4):
-        if tally.trials == 2:
+    calibrate(lab, ("provision",))  # creates the cluster
+    for _ in range(3):  # rke may end before the instant drawn: that kill does not count
+        r1_trial(lab, rng, tally, targets=("rke",), operations=("provision",))
+        if tally.trials:
             break
-        r1_trial(lab, rng, tally, targets=("rke",))
-    assert tally.trials == 2, f"kills landed {tally.trials}, missed {tally.missed}"
-    assert tally.by_target == {"rke": 2} and tally.by_phase == {"rke": 2}
+    assert tally.trials == 1, f"kills landed {tally.trials}, missed {tally.missed}"
+    assert tally.by_target == {"rke": 1} and tally.by_phase == {"rke": 1}
     assert tally.problems == []
 
 
