@@ -76,12 +76,13 @@ def provision_cluster(
     spec_hash = spec.spec_hash()
     run_id = current_run_id()
     targets = node_targets(config, settings.access.user)
-    witness = api_witness(spec.environment, spec.name)
 
     with cluster_operation(
         volume, spec.environment, spec.name, Operation.PROVISION, create=True
     ) as cluster:
         cluster.record_decision(Operation.PROVISION, decision.to_dict())
+        # read under the lock: a teardown that held it meanwhile has recorded the deletion
+        witness = api_witness(spec.environment, spec.name)
         step = provision_step(cluster, spec_hash, config, witness)
         if step is ProvisionStep.NOTHING_TO_DO and has_recorded_access(cluster):
             logger.info("Cluster %s is READY with this spec; nothing to do", spec.cluster_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -267,6 +268,31 @@ def test_two_teardowns_at_once_leave_no_phantom(env: Env, tmp_path: Path):
     assert not env.cluster.dir.exists()
     assert StateVolume(env.root).clusters() == []
     assert len(StateVolume(env.root).archived("test", env.name)) == 1
+
+
+def test_the_api_witness_is_read_under_the_cluster_lock(env: Env, monkeypatch: pytest.MonkeyPatch):
+    """A provision that waited for a teardown must see the deletion the teardown recorded:
+    the witness is asked only once the cluster's lock is held (read earlier, a provision
+    queued behind a teardown was refused as "would mint a new CA")."""
+    import flows.provision
+
+    held = []
+
+    def witness(environment: str, name: str) -> None:
+        fd = os.open(env.cluster.dir / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        raise RuntimeError("stop here: only the witness's timing is under test")
+
+    monkeypatch.setattr(flows.provision, "api_witness", witness)
+    assert env.provision().is_failed()
+    assert held == [True]
 
 
 def test_a_denial_never_takes_the_cluster_lock(env: Env, monkeypatch: pytest.MonkeyPatch):
